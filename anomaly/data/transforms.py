@@ -1,0 +1,61 @@
+"""Albumentations pipelines: geometry (resize, optional centre crop) and normalisation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def geometry(image_size: int | Sequence[int], crop_size: int | Sequence[int] | None = None) -> A.Compose:
+    """Resize (bilinear for images, nearest for masks) then optionally centre-crop.
+
+    Args:
+        image_size: side or (height, width) after resizing.
+        crop_size: side or (height, width) of the centre crop; ``None`` keeps the resized image.
+    """
+    height, width = _pair(image_size)
+    steps: list[A.BasicTransform] = [
+        A.Resize(height, width, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST)
+    ]
+    if crop_size is not None:
+        crop_h, crop_w = _pair(crop_size)
+        if crop_h > height or crop_w > width:
+            raise ValueError(
+                f"data.crop_size={crop_size} is larger than data.image_size={image_size}; "
+                "set a crop no larger than the image."
+            )
+        steps.append(A.CenterCrop(crop_h, crop_w))
+    return A.Compose(steps)
+
+
+def to_tensor(
+    image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> Tensor:
+    """uint8 H×W×3 RGB → normalised float 3×H×W."""
+    scaled = image.astype(np.float32) / 255.0
+    normalised = (scaled - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
+
+
+def denormalize(
+    image: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> Tensor:
+    """Normalised float (B×)3×H×W → float in [0, 1] for display."""
+    shape = (3, 1, 1)
+    out = image * torch.tensor(std, device=image.device).view(shape) + torch.tensor(mean, device=image.device).view(shape)
+    return out.clamp(0, 1)
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    height, width = size
+    return int(height), int(width)

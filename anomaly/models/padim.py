@@ -1,0 +1,61 @@
+"""PaDiM as a LightningModule: one statistics-gathering epoch through ``Trainer.fit``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from anomaly.models.base import AnomalyModule
+from anomaly.nn.backbone import FeatureExtractor
+from anomaly.nn.padim import PadimModel
+
+
+class Padim(AnomalyModule):
+    """PaDiM (Defard et al., ICPR 2020): per-patch Gaussians over pretrained CNN features.
+
+    Fitting accumulates sums over one epoch (no optimiser; memory independent of the number of
+    training images); the Gaussians are finalised at the end of the epoch, summed across DDP
+    processes. Extra epochs refit from scratch and give the same model.
+
+    Args:
+        backbone: frozen feature extractor (``model.backbone.*``).
+        input_size: side or (height, width) of the images fed to the model (after any crop).
+        n_features: random channel subset size (R18-Rd100: 100; WR50-Rd550: 550).
+        epsilon: covariance ridge; sigma: map blur; seed: channel subset seed.
+        **kwargs: ``AnomalyModule`` options (metrics).
+    """
+
+    def __init__(
+        self,
+        backbone: FeatureExtractor,
+        input_size: int | Sequence[int] = 224,
+        n_features: int | None = 100,
+        epsilon: float = 0.01,
+        sigma: float = 4.0,
+        seed: int = 0,
+        chunk: int = 1024,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+        self.model = PadimModel(backbone, size, n_features, epsilon, sigma, seed, chunk)
+        self.automatic_optimization = False
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model(image)
+
+    def on_train_epoch_start(self) -> None:
+        self.model.gaussian.reset()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        with torch.no_grad():
+            self.model.gaussian.accumulate(self.model.embed(batch["image"]))
+
+    def on_train_epoch_end(self) -> None:
+        self.model.gaussian.finalize(reduce=self.trainer.world_size > 1)
+
+    def configure_optimizers(self) -> None:
+        return None

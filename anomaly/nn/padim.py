@@ -1,0 +1,85 @@
+"""PaDiM as a plain torch module: embedding, per-position Gaussian, Mahalanobis anomaly map."""
+
+from __future__ import annotations
+
+import kornia
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from anomaly.nn.backbone import FeatureExtractor
+from anomaly.nn.gaussian import PositionalGaussian
+
+
+def gaussian_blur(anomaly_map: Tensor, sigma: float) -> Tensor:
+    """Blur B×1×H×W maps with a Gaussian of ``sigma`` pixels (kernel 2·⌊4σ+0.5⌋+1, reflect border)."""
+    if sigma <= 0:
+        return anomaly_map
+    size = 2 * int(4.0 * sigma + 0.5) + 1
+    return kornia.filters.gaussian_blur2d(anomaly_map, (size, size), (sigma, sigma), border_type="reflect")
+
+
+class PadimModel(nn.Module):
+    """Patch distribution modelling (Defard et al., 2020) without any training loop.
+
+    Args:
+        backbone: frozen feature extractor; its layers are concatenated at the first layer's grid.
+        n_features: size of the random channel subset (PaDiM's "Rd"); ``None`` keeps all channels.
+        input_size: (height, width) of the images the model will see (fixes the grid size).
+        epsilon: covariance ridge. ``sigma``: blur of the upsampled map. ``seed``: channel subset seed.
+    """
+
+    def __init__(
+        self,
+        backbone: FeatureExtractor,
+        input_size: tuple[int, int],
+        n_features: int | None = 100,
+        epsilon: float = 0.01,
+        sigma: float = 4.0,
+        seed: int = 0,
+        chunk: int = 1024,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.sigma, self.chunk = sigma, chunk
+        channels = [backbone.channels[layer] for layer in backbone.layers]
+        total = sum(channels)
+        if n_features is None:
+            n_features = total
+        if not 0 < n_features <= total:
+            raise ValueError(
+                f"model.n_features={n_features} must be in 1..{total} (the backbone layers' channel total)."
+            )
+        generator = torch.Generator().manual_seed(seed)
+        chosen = torch.randperm(total, generator=generator)[:n_features].sort().values
+        # Per-layer indices, so only the chosen channels are upsampled.
+        offsets = torch.tensor([0, *channels]).cumsum(0)
+        self.layer_indices = [
+            (chosen[(chosen >= lo) & (chosen < hi)] - lo) for lo, hi in zip(offsets[:-1], offsets[1:], strict=True)
+        ]
+        for layer, index in zip(backbone.layers, self.layer_indices, strict=True):
+            self.register_buffer(f"index_{layer.replace('.', '_')}", index, persistent=False)
+        stride = backbone.strides[backbone.layers[0]]
+        self.grid = (input_size[0] // stride, input_size[1] // stride)
+        self.gaussian = PositionalGaussian(self.grid[0] * self.grid[1], n_features, epsilon)
+
+    def embed(self, image: Tensor) -> Tensor:
+        """B×3×H×W → B×P×d embeddings (P grid positions of the first layer)."""
+        features = self.backbone(image)
+        parts = []
+        for layer in self.backbone.layers:
+            index = getattr(self, f"index_{layer.replace('.', '_')}")
+            selected = features[layer].index_select(1, index)
+            if selected.shape[-2:] != self.grid:
+                selected = F.interpolate(selected, size=self.grid, mode="nearest")
+            parts.append(selected)
+        embedding = torch.cat(parts, 1)
+        return embedding.flatten(2).transpose(1, 2)
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        """Anomaly map at input size and image score (map maximum)."""
+        distance = self.gaussian.mahalanobis(self.embed(image), self.chunk)
+        grid_map = distance.view(image.shape[0], 1, *self.grid)
+        anomaly_map = F.interpolate(grid_map, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        anomaly_map = gaussian_blur(anomaly_map, self.sigma)
+        return anomaly_map, anomaly_map.flatten(1).amax(1)
