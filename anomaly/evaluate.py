@@ -80,7 +80,8 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float | None]]:
                               callbacks=[HeatmapWriter(n_images=8, dirpath=output_dir / "images")])
         trainer.test(model, datamodule=datamodule, verbose=False)
         results = dict(model.test_results)
-        pooled = results.pop("pooled", {}) if len(checkpoints) == 1 else {}
+        unit_pooled = results.pop("pooled", {})
+        pooled = unit_pooled if len(checkpoints) == 1 else {}
         results.pop("mean", None)
         per_category.update(results)
     summary = {"mean": mean_over_categories(per_category), **({"pooled": pooled} if pooled and len(per_category) > 1 else {})}

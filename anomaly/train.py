@@ -45,13 +45,13 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     return [instantiate(node) for node in (cfg.get("logger") or {}).values() if node and node.get("_target_")]
 
 
-def check_checkpoint(path: str | None, model: L.LightningModule) -> None:
-    """Refuse to resume from a checkpoint written by another method, naming both."""
+def check_checkpoint(path: str | None, target: str) -> None:
+    """Refuse to resume from a checkpoint written by another method (``target``), naming both."""
     if not path or not Path(path).is_file():
         return
     payload = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     method = payload.get("anomaly_method")
-    mine = f"{type(model).__module__}.{type(model).__qualname__}"
+    mine = str(target)
     if method is not None and method != mine:
         raise CheckpointError(f"ckpt_path={path} was written by {method}, not {mine}; pick a checkpoint of this model.")
 
@@ -73,9 +73,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     Optuna sweep can optimise ``cfg.optimized_metric``.
     """
     check_targets(cfg)
+    if cfg.get("ckpt_path") not in (None, "last"):
+        check_checkpoint(resolve_resume(cfg.ckpt_path, Path()), cfg.model._target_)
     config = to_plain(cfg)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    first_model = instantiate(cfg.model)  # model options fail here, before any data is read
     synthesis = instantiate(cfg.synthesis) if cfg.get("synthesis") and cfg.synthesis.get("_target_") else None
     datamodule = instantiate(cfg.data, synthesis=synthesis)
     categories = datamodule.categories
@@ -92,9 +95,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         unit_data = datamodule if unit is None else datamodule.for_category(unit)
         checkpoint_dir = output_dir / "checkpoints" / (unit or "")
         L.seed_everything(cfg.seed, workers=True)
-        model = instantiate(cfg.model)
+        model, first_model = first_model or instantiate(cfg.model), None
         resume = resolve_resume(cfg.get("ckpt_path"), checkpoint_dir)
-        check_checkpoint(resume, model)
+        check_checkpoint(resume, cfg.model._target_)
         trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg, checkpoint_dir, config), logger=loggers or False)
         start = time.perf_counter()
         trainer.fit(model, datamodule=unit_data, ckpt_path=resume)
@@ -105,7 +108,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         trainer.test(model, datamodule=unit_data, verbose=False)
         timing[unit or "all"] = {"fit_s": round(fit_s, 3), "test_s": round(time.perf_counter() - start, 3)}
         results = dict(model.test_results)
-        pooled = results.pop("pooled", {}) if unit is None else pooled
+        unit_pooled = results.pop("pooled", {})
+        pooled = unit_pooled if unit is None else pooled
         results.pop("mean", None)
         per_category.update(results)
 

@@ -33,7 +33,9 @@ def overlay_panel(image: Tensor, anomaly_map: Tensor, mask: Tensor, low: float, 
 
 
 class HeatmapWriter(L.Callback):
-    """Writes ``input | heatmap | mask`` panels for the first ``n_images`` test images per category.
+    """Writes ``input | heatmap | mask`` panels for ``n_images`` test images per category.
+
+    Three quarters of the panels show the first anomalous images, a quarter the first normal ones.
 
     Maps of one category share one colour scale (their joint 1st–99.9th percentile), so panels are
     comparable. Panels go to ``dirpath/<category>/`` and, when the logger can show images
@@ -43,7 +45,7 @@ class HeatmapWriter(L.Callback):
     def __init__(self, n_images: int = 8, dirpath: str | Path = "images") -> None:
         self.n_images = n_images
         self.dirpath = Path(dirpath)
-        self._kept: dict[str, list[tuple[Tensor, Tensor, Tensor, str, float]]] = defaultdict(list)
+        self._kept: dict[str, list[tuple[Tensor, Tensor, Tensor, str, float, int]]] = defaultdict(list)
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._kept.clear()
@@ -55,22 +57,26 @@ class HeatmapWriter(L.Callback):
             return
         mean, std = _normalisation(trainer)
         for i, category in enumerate(batch["category"]):
-            if len(self._kept[category]) >= self.n_images:
+            label = int(batch["label"][i])
+            kept_of_label = sum(1 for entry in self._kept[category] if entry[5] == label)
+            # Mostly anomalous panels (they show localisation), a quarter normal ones.
+            quota = self.n_images // 4 if label == 0 else self.n_images - self.n_images // 4
+            if kept_of_label >= quota:
                 continue
             image = denormalize(batch["image"][i].detach().cpu(), mean, std)
             self._kept[category].append(
                 (image, outputs["anomaly_map"][i].detach().cpu(), batch["mask"][i].cpu(), batch["path"][i],
-                 float(outputs["score"][i]))
+                 float(outputs["score"][i]), label)
             )
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
         for category, kept in self._kept.items():
-            values = torch.cat([m.flatten() for _, m, _, _, _ in kept])
+            values = torch.cat([entry[1].flatten() for entry in kept])
             low, high = torch.quantile(values[:: max(1, values.numel() // 1_000_000)], torch.tensor([0.01, 0.999]))
             panels, captions = [], []
-            for image, anomaly_map, mask, path, score in kept:
+            for image, anomaly_map, mask, path, score, _ in kept:
                 panel = overlay_panel(image, anomaly_map, mask, float(low), float(high))
                 out = self.dirpath / category / f"{Path(path).parent.name}_{Path(path).stem}.png"
                 out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from anomaly.metrics import METRIC_NAMES, AnomalyMetrics
+from anomaly.metrics import DEFAULT_BINS, METRIC_NAMES, AnomalyMetrics
 
 
 class NonFiniteOutputError(RuntimeError):
@@ -33,7 +33,7 @@ class AnomalyModule(L.LightningModule):
         self,
         metrics: Sequence[str] = METRIC_NAMES,
         metrics_mode: str = "exact",
-        metrics_bins: int = 10_000,
+        metrics_bins: int = DEFAULT_BINS,
     ) -> None:
         super().__init__()
         self.metric_names = tuple(metrics)

@@ -21,7 +21,11 @@ def user_errors() -> Iterator[None]:
     """Turn user errors into ``Error: <sentence>`` and exit code 1 (``ANOMALY_TRACEBACK=1`` re-raises)."""
     try:
         yield
-    except Exception as error:
+    except Exception as raised:
+        error: BaseException = raised
+        # hydra.utils.instantiate wraps what a constructor raised; the cause is what the user must fix.
+        while not is_user_error(error) and error.__cause__ is not None:
+            error = error.__cause__
         if not is_user_error(error) or os.environ.get("ANOMALY_TRACEBACK") == "1":
             raise
         log.error("%s", error)

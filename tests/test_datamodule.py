@@ -1,0 +1,96 @@
+"""The data module: batches follow the contract, settings, and every bad input fails clearly."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from anomaly.data.datamodule import AnomalyDataModule
+from anomaly.data.errors import DataError
+from anomaly.data.layouts import MVTecLayout
+
+
+def copy_tree(root: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "copy"
+    shutil.copytree(root, target)
+    return target
+
+
+def test_batches_follow_the_contract(synthetic_root: Path) -> None:
+    dm = AnomalyDataModule(synthetic_root, MVTecLayout(), category="all", image_size=64, crop_size=56,
+                           batch_size=4, eval_batch_size=8)
+    train = next(iter(dm.train_dataloader()))
+    assert train["image"].shape == (4, 3, 56, 56) and train["image"].dtype == torch.float32
+    assert train["mask"].shape == (4, 1, 56, 56) and int(train["label"].sum()) == 0
+    test_batches = list(dm.test_dataloader())
+    labels = torch.cat([b["label"] for b in test_batches])
+    masks = torch.cat([b["mask"] for b in test_batches])
+    assert set(masks.unique().tolist()) <= {0.0, 1.0}
+    # An anomalous image has mask pixels (after a centre crop a defect near the border may be cut).
+    has_pixels = masks.flatten(1).amax(1) > 0
+    assert bool(has_pixels[labels == 1].float().mean() > 0.8) and not bool(has_pixels[labels == 0].any())
+    assert {c for b in test_batches for c in b["category"]} == set(dm.categories)
+
+
+def test_category_list_and_separate_copies(synthetic_root: Path) -> None:
+    names = MVTecLayout().categories(synthetic_root)
+    dm = AnomalyDataModule(synthetic_root, MVTecLayout(), category=names[:2], setting="unified")
+    assert dm.categories == names[:2]
+    one = dm.for_category(names[1])
+    assert one.categories == [names[1]] and dm.categories == names[:2]
+    assert {r.category for r in one.records("test")} == {names[1]}
+
+
+def test_missing_root_names_the_option(tmp_path: Path) -> None:
+    dm = AnomalyDataModule(tmp_path / "nope", MVTecLayout())
+    with pytest.raises(DataError, match=r"data\.root=.*nope.*does not exist"):
+        _ = dm.categories
+
+
+def test_empty_root_names_the_option(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"data\.root=.*is empty"):
+        _ = AnomalyDataModule(tmp_path, MVTecLayout()).categories
+
+
+def test_unknown_category_lists_the_available_ones(synthetic_root: Path) -> None:
+    names = MVTecLayout().categories(synthetic_root)
+    with pytest.raises(DataError, match=r"data\.category=bottel is not in .*available: " + ", ".join(names)):
+        _ = AnomalyDataModule(synthetic_root, MVTecLayout(), category="bottel").categories
+
+
+def test_mask_of_another_size_is_caught_before_training(synthetic_root: Path, tmp_path: Path) -> None:
+    root = copy_tree(synthetic_root, tmp_path)
+    mask = next(root.glob("*/ground_truth/*/*_mask.png"))
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(mask)
+    dm = AnomalyDataModule(root, MVTecLayout(), category=mask.parents[2].name)
+    with pytest.raises(DataError, match=rf"Mask .*{mask.name} is 12×10 but its image .* give each mask its image's size"):
+        dm.setup("test")
+
+
+def test_corrupt_image_is_named(synthetic_root: Path, tmp_path: Path) -> None:
+    root = copy_tree(synthetic_root, tmp_path)
+    image = next(root.glob("*/train/good/*.png"))
+    image.write_bytes(b"not a png at all")
+    dm = AnomalyDataModule(root, MVTecLayout(), category=image.parents[2].name)
+    with pytest.raises(DataError, match=rf"{image.name}.*not a readable image"):
+        dm.setup("fit")
+
+
+def test_test_image_without_mask_is_named(synthetic_root: Path, tmp_path: Path) -> None:
+    root = copy_tree(synthetic_root, tmp_path)
+    mask = next(root.glob("*/ground_truth/*/*_mask.png"))
+    mask.unlink()
+    dm = AnomalyDataModule(root, MVTecLayout(), category=mask.parents[2].name)
+    with pytest.raises(DataError, match=mask.name.replace("_mask", "")[:-4]):
+        dm.setup("test")
+
+
+def test_crop_larger_than_image_is_refused(synthetic_root: Path) -> None:
+    dm = AnomalyDataModule(synthetic_root, MVTecLayout(), image_size=64, crop_size=80)
+    with pytest.raises(ValueError, match=r"data\.crop_size=80 is larger than data\.image_size=64"):
+        dm.dataset("test")
