@@ -14,9 +14,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small embedded synthetic data set (all categories, 128 px)."""
+    """The embedded synthetic data set at its default size (all categories, 256 px)."""
     from anomaly.data.synthetic import ensure_synthetic
 
     root = tmp_path_factory.mktemp("data") / "synthetic"
-    ensure_synthetic(root, seed=0, image_size=128)
+    ensure_synthetic(root, seed=0, image_size=256)
     return root

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -42,9 +43,18 @@ def accepted_parameters(target: Any) -> tuple[set[str], bool]:
         names.update(p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self")
         if not any(p.kind is p.VAR_KEYWORD for p in params):
             return names, False
-        if not inspect.isclass(target):
+        if not inspect.isclass(target) or not _forwards_kwargs_to_super(function):
             return names, True
     return names, True
+
+
+def _forwards_kwargs_to_super(function: Any) -> bool:
+    """Whether ``function`` passes its ``**kwargs`` on to ``super().__init__`` (not elsewhere)."""
+    try:
+        source = inspect.getsource(function)
+    except (OSError, TypeError):
+        return False
+    return re.search(r"super\(\)\.__init__\([^)]*\*\*\w+", source) is not None
 
 
 def check_targets(cfg: Any, path: str = "") -> None:

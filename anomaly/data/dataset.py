@@ -50,7 +50,7 @@ class AnomalyDataset(Dataset):
         record = self.records[index]
         image = read_image(record.image)
         if record.mask is not None:
-            mask = read_mask(record.mask, image.shape[:2])
+            mask = read_mask(record.mask, image.shape[:2], image=record.image)
         else:
             mask = np.zeros(image.shape[:2], np.uint8)
         out = self.geometry(image=image, mask=mask)

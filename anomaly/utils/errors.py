@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-log = logging.getLogger(__name__)
 
 
 def is_user_error(error: BaseException) -> bool:
@@ -28,6 +25,5 @@ def user_errors() -> Iterator[None]:
             error = error.__cause__
         if not is_user_error(error) or os.environ.get("ANOMALY_TRACEBACK") == "1":
             raise
-        log.error("%s", error)
         print(f"Error: {error}", file=sys.stderr)
         sys.exit(1)
