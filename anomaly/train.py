@@ -23,6 +23,7 @@ from anomaly.callbacks.results import mean_over_categories, print_table, write_m
 from anomaly.callbacks.run_config import ConfigInCheckpoint
 from anomaly.config.check import ConfigError, check_targets, to_plain
 from anomaly.config.precheck import precheck
+from anomaly.utils.atomic import atomic_write_json
 from anomaly.utils.errors import user_errors
 
 
@@ -82,6 +83,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     synthesis = instantiate(cfg.synthesis) if cfg.get("synthesis") and cfg.synthesis.get("_target_") else None
     datamodule = instantiate(cfg.data, synthesis=synthesis)
     categories = datamodule.categories
+    if hasattr(datamodule.layout, "split_listing"):  # layouts without an official split (MTD) record theirs
+        atomic_write_json(output_dir / "split.json", datamodule.layout.split_listing(datamodule.root))
     units: list[str | None] = [None] if datamodule.setting == "unified" or len(categories) == 1 else list(categories)
     loggers = build_loggers(cfg)
     for logger in loggers:

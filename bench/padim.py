@@ -71,7 +71,11 @@ def build(impl: str):
     from anomalib.models.image.padim.torch_model import PadimModel as AnomalibPadim
 
     theirs = AnomalibPadim(backbone="efficientnet_lite0", layers=LAYERS, pre_trained=False, n_features=100)
-    theirs.feature_extractor.feature_extractor.load_state_dict(ours.backbone.model.state_dict())
+    from anomaly.nn.backbone import offline_state_dict
+
+    state = offline_state_dict("efficientnet_lite0")  # the same ImageNet weights, into timm's full model
+    extractor = theirs.feature_extractor.feature_extractor
+    extractor.load_state_dict({key: state[key] for key in extractor.state_dict()})
     theirs.idx.copy_(torch.cat([index + offset for index, offset in
                                 zip(ours.layer_indices, [0, 24, 64], strict=True)]))
     theirs.train()

@@ -99,3 +99,16 @@ def test_a_weights_file_path_loads(tmp_path: Path) -> None:
     assert torch.equal(loaded.model.state_dict()["conv_stem.weight"], source.model.state_dict()["conv_stem.weight"])
     with pytest.raises(BackboneError, match="is not a file"):
         FeatureExtractor("efficientnet_lite0", LAYERS, str(tmp_path / "missing.pth"))
+
+
+def test_pruned_channels_last_backbone_gives_the_same_features_as_timm() -> None:
+    import timm
+
+    fx = FeatureExtractor("efficientnet_lite0", LAYERS, "offline")
+    reference = timm.create_model("efficientnet_lite0", features_only=True, out_indices=(1, 2, 3)).eval()
+    reference.load_state_dict(fx.model.state_dict(), strict=False)
+    assert len(fx.model.blocks) == 5 < len(reference.blocks)  # blocks 5 and 6 are never computed
+    image = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        for ours, theirs in zip(fx(image).values(), reference(image), strict=True):
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)

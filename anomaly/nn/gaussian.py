@@ -35,24 +35,28 @@ class PositionalGaussian(nn.Module):
         self.register_buffer("mean", torch.zeros(positions, dim))
         self.register_buffer("precision", torch.zeros(positions, dim, dim))
         self.register_buffer("fitted", torch.tensor(False))
+        self.positions, self.dim = positions, dim
+        # Accumulators exist only while fitting (allocated by the first batch, freed by finalize).
         self.register_buffer("count", torch.zeros((), dtype=torch.float64), persistent=False)
-        self.register_buffer("shift", torch.zeros(positions, dim, dtype=torch.float64), persistent=False)
-        self.register_buffer("sum", torch.zeros(positions, dim, dtype=torch.float64), persistent=False)
-        self.register_buffer("sum_outer", torch.zeros(positions, dim, dim, dtype=torch.float64), persistent=False)
+        for name in ("shift", "sum", "sum_outer"):
+            self.register_buffer(name, torch.empty(0, dtype=torch.float64), persistent=False)
 
     def reset(self) -> None:
         """Forget accumulated sums (start of a fit)."""
         self.count.zero_()
-        self.sum.zero_()
-        self.sum_outer.zero_()
+        for name in ("shift", "sum", "sum_outer"):
+            setattr(self, name, torch.empty(0, dtype=torch.float64, device=self.count.device))
 
     @torch.no_grad()
     def accumulate(self, embedding: Tensor) -> None:
         """Add a batch of embeddings, shape N×P×d."""
         x = embedding.to(torch.float64)
-        if self.count == 0:
+        if self.sum_outer.numel() == 0:
+            p, d, device = self.positions, self.dim, x.device
             # Sums of (x - shift) with shift ≈ the mean avoid cancellation in Σxxᵀ/N − μμᵀ.
-            self.shift.copy_(x.mean(0))
+            self.shift = x.mean(0)
+            self.sum = torch.zeros(p, d, dtype=torch.float64, device=device)
+            self.sum_outer = torch.zeros(p, d, d, dtype=torch.float64, device=device)
         x = x - self.shift
         self.count += x.shape[0]
         self.sum += x.sum(0)
@@ -60,15 +64,21 @@ class PositionalGaussian(nn.Module):
         self.sum_outer.baddbmm_(xp.transpose(1, 2), xp)
 
     @torch.no_grad()
-    def finalize(self, reduce: bool = False) -> None:
+    def finalize(self, reduce: bool = False, chunk: int = 512) -> None:
         """Compute μ and Σ⁻¹ from the sums; ``reduce`` combines them over DDP processes first.
 
         Processes are combined with the pairwise (Chan et al.) update, so each may keep its own shift.
+        The sums are consumed (turned into the scatter matrix in place) and freed afterwards.
         """
         n_local = float(self.count)
+        if self.sum_outer.numel() == 0:  # this process saw no data
+            self.shift = torch.zeros(self.positions, self.dim, dtype=torch.float64, device=self.count.device)
+            self.sum = torch.zeros_like(self.shift)
+            self.sum_outer = torch.zeros(self.positions, self.dim, self.dim, dtype=torch.float64,
+                                         device=self.count.device)
         centred = self.sum / max(n_local, 1.0)
         mean = centred + self.shift if n_local > 0 else torch.zeros_like(self.shift)
-        scatter = self.sum_outer - n_local * centred.unsqueeze(2) * centred.unsqueeze(1)
+        scatter = self.sum_outer.baddbmm_(centred.unsqueeze(2), centred.unsqueeze(1), alpha=-n_local)
         n = torch.tensor(n_local, dtype=torch.float64, device=mean.device)
         if reduce and torch.distributed.is_available() and torch.distributed.is_initialized():
             weighted = mean * n
@@ -76,7 +86,7 @@ class PositionalGaussian(nn.Module):
             torch.distributed.all_reduce(weighted)
             total_mean = weighted / n.clamp_min(1)
             delta = mean - total_mean
-            scatter = scatter + n_local * delta.unsqueeze(2) * delta.unsqueeze(1)
+            scatter.baddbmm_(delta.unsqueeze(2), delta.unsqueeze(1), alpha=n_local)
             torch.distributed.all_reduce(scatter)
             mean = total_mean
         if float(n) < 2:
@@ -84,16 +94,25 @@ class PositionalGaussian(nn.Module):
                 f"PaDiM needs at least 2 training images to estimate a covariance, got {int(n)}; "
                 "add normal training images."
             )
-        cov = scatter / (float(n) - 1)
-        cov += self.epsilon * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
-        chol, info = torch.linalg.cholesky_ex(cov)
-        if bool((info != 0).any()):
-            raise DegenerateStatisticsError(
-                "A PaDiM covariance is not positive definite; raise model.epsilon or check the features."
-            )
         self.mean.copy_(mean.to(self.mean.dtype))
-        self.precision.copy_(torch.cholesky_inverse(chol).to(self.precision.dtype))
+        eye = self.epsilon * torch.eye(scatter.shape[-1], dtype=scatter.dtype, device=scatter.device)
+        # Batched LAPACK on many small matrices is far faster single-threaded (no OpenMP overhead per
+        # matrix); chunks bound the float64 temporaries.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for start in range(0, scatter.shape[0], chunk):
+                cov = scatter[start : start + chunk] / (float(n) - 1) + eye
+                chol, info = torch.linalg.cholesky_ex(cov)
+                if bool((info != 0).any()):
+                    raise DegenerateStatisticsError(
+                        "A PaDiM covariance is not positive definite; raise model.epsilon or check the features."
+                    )
+                self.precision[start : start + chunk] = torch.cholesky_inverse(chol).to(self.precision.dtype)
+        finally:
+            torch.set_num_threads(threads)
         self.fitted.fill_(True)
+        self.reset()
 
     def mahalanobis(self, embedding: Tensor, chunk: int = 1024) -> Tensor:
         """Distances √((x−μ)ᵀ Σ⁻¹ (x−μ)) of N×P×d embeddings → N×P, in chunks of positions."""
@@ -102,7 +121,8 @@ class PositionalGaussian(nn.Module):
         out = embedding.new_empty(embedding.shape[:2])
         for start in range(0, embedding.shape[1], chunk):
             stop = start + chunk
-            delta = (embedding[:, start:stop] - self.mean[start:stop]).transpose(0, 1)  # p×N×d
+            # Contiguous p×N×d: bmm on a strided batch takes a slow path (100× slower with 2 threads).
+            delta = (embedding[:, start:stop].transpose(0, 1) - self.mean[start:stop, None]).contiguous()
             projected = torch.bmm(delta, self.precision[start:stop])
             out[:, start:stop] = (projected * delta).sum(-1).clamp_min(0).sqrt().transpose(0, 1)
         return out

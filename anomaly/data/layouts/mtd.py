@@ -32,7 +32,7 @@ class MTDLayout:
         seed: seed of the split; it depends only on the file names, not on listing order.
     """
 
-    def __init__(self, train_ratio: float = 0.57, seed: int = 0) -> None:
+    def __init__(self, train_ratio: float = 0.8, seed: int = 0) -> None:
         check_ratio("train_ratio", train_ratio)
         self.train_ratio = float(train_ratio)
         self.seed = int(seed)
