@@ -1,0 +1,308 @@
+"""DiAD (He et al., AAAI 2024): latent diffusion reconstruction steered by a semantic-guided branch."""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from anomaly.models.base import AnomalyModule
+from anomaly.nn.diffusion import (
+    Conditioning,
+    ControlledDenoiser,
+    ModuleEMA,
+    SemanticGuidedBranch,
+    WeightsError,
+    autoencoder_loss,
+    build_autoencoder,
+    build_unet,
+    ddim_reconstruct,
+    make_scheduler,
+    q_sample,
+)
+from anomaly.nn.diffusion.autoencoder import downsampling as ae_downsampling
+from anomaly.nn.diffusion.presets import DiffusionConfigError
+from anomaly.nn.diffusion.sampling import check_t_start, sample_timesteps
+from anomaly.nn.diffusion.unet import downsampling as unet_downsampling
+from anomaly.nn.feature_distance import FeatureDistance
+
+
+class NonFiniteLossError(ValueError):
+    """The training loss became NaN or inf."""
+
+
+def check_image_size(size: int | Sequence[int], factor: int) -> None:
+    """Every image side must be a multiple of ``factor`` (autoencoder × UNet downsampling)."""
+    sides = [size, size] if isinstance(size, int) else list(size)
+    for side in sides:
+        if int(side) % factor:
+            lower = int(side) // factor * factor
+            near = f"{lower} or {lower + factor}" if lower else str(factor)
+            raise DiffusionConfigError(
+                f"data.image_size/crop_size={side} does not fit DiAD: image sides must be multiples of {factor} "
+                f"(autoencoder downsampling × 2^UNet levels); use e.g. {near}."
+            )
+
+
+class DiAD(AnomalyModule):
+    """Reconstruct the image through a controlled latent diffusion model; score feature differences.
+
+    Training: ε-MSE on latents of normal images; only the SG branch (ControlNet copy, hint encoder,
+    zero convs, SFF), the UNet decoder + output head and a learned context are trained. With
+    ``autoencoder.fit_steps > 0`` the first steps fit the autoencoder instead (L1 + KL), for presets
+    without a pretrained one. Inference: encode, noise to ``t_start``, ``n_steps`` DDIM steps with
+    the image as hint at every step (no classifier-free guidance), decode, and compare pretrained
+    features of input and reconstruction (``FeatureDistance``).
+
+    Args:
+        backbone: frozen feature extractor for scoring (``model.backbone``).
+        input_size: side or (height, width) the model sees, checked against the downsampling.
+        unet: ``build_unet`` arguments: ``preset`` (``sd15``|``cpu``), ``weights``, overrides.
+        autoencoder: ``build_autoencoder`` arguments plus ``fit_steps``, ``lr``, ``kl_weight``.
+        control: ``mid`` (official) or ``all``; sff: use the SFF block.
+        context: ``Conditioning`` arguments (``kind``: empty|file|learned|class, ``tokens``, ...).
+        scheduler: ``DDIMScheduler`` overrides of SD-1.5's schedule.
+        t_start, n_steps: inference noising step and DDIM steps.
+        lr, weight_decay, warmup_steps: AdamW and a linear warm-up of the diffusion phase.
+        ema, ema_decay: keep an EMA of the trained weights and evaluate with it.
+        latent_scale: latent multiplier; ``None``: the autoencoder's ``scaling_factor``; ``auto``:
+            1/std of the first training batch's latents (LDM's ``scale_by_std``).
+        scoring: ``FeatureDistance`` options (``layers``, ``sigma``, ``pool_size``, ``pool_iters``).
+        compile: ``torch.compile`` the UNet and the ControlNet.
+        download: allow fetching hub ids of ``unet.weights``/``autoencoder.weights``.
+        seed: seed of the inference noise (per image, from its content: batch-independent).
+        **kwargs: ``AnomalyModule`` options (metrics).
+    """
+
+    def __init__(
+        self,
+        backbone: torch.nn.Module,
+        input_size: int | Sequence[int] = 256,
+        unet: dict[str, Any] | None = None,
+        autoencoder: dict[str, Any] | None = None,
+        control: str = "mid",
+        sff: bool = True,
+        context: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        t_start: int = 999,
+        n_steps: int = 10,
+        lr: float = 1e-5,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 0,
+        ema: bool = True,
+        ema_decay: float = 0.999,
+        latent_scale: float | str | None = None,
+        scoring: dict[str, Any] | None = None,
+        compile: bool = False,
+        download: bool = False,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        ae_spec = dict(autoencoder or {"preset": "kl-f8"})
+        self.ae_fit_steps = int(ae_spec.pop("fit_steps", 0))
+        self.ae_lr = float(ae_spec.pop("lr", 1e-4))
+        self.kl_weight = float(ae_spec.pop("kl_weight", 1e-6))
+        if ae_spec.get("weights") is None and self.ae_fit_steps <= 0:
+            raise WeightsError(
+                "DiAD needs a trained autoencoder: set model.autoencoder.weights to a model=diad_autoencoder "
+                "last.ckpt (or a diffusers/LDM VAE), or model.autoencoder.fit_steps>0 to fit one first."
+            )
+        self.autoencoder = build_autoencoder(download=download, **ae_spec)
+        self.autoencoder.requires_grad_(self.ae_fit_steps > 0)
+        self._ae_frozen = self.ae_fit_steps <= 0
+        unet_spec = dict(unet or {"preset": "sd15"})
+        if unet_spec.get("weights") is None:  # a fresh UNet takes the autoencoder's latent width
+            latent = self.autoencoder.config.latent_channels
+            unet_spec.setdefault("in_channels", latent)
+            unet_spec.setdefault("out_channels", latent)
+        unet_model = build_unet(download=download, **unet_spec)
+        factor = ae_downsampling(self.autoencoder)
+        check_image_size(input_size, factor * 2 ** unet_downsampling(unet_model))
+        branch = SemanticGuidedBranch(unet_model, control=control, sff=sff, downsampling=factor)
+        conditioning = Conditioning(dim=unet_model.config.cross_attention_dim, **dict(context or {}))
+        self.denoiser = ControlledDenoiser(unet_model, branch, conditioning)
+        self.scheduler = make_scheduler(**dict(scheduler or {}))
+        self.sampler = make_scheduler(**dict(scheduler or {}))
+        check_t_start(self.sampler, t_start, n_steps)
+        self.t_start, self.n_steps = t_start, n_steps
+        self.scorer = FeatureDistance(backbone, **dict(scoring or {}))
+        self.ema = ModuleEMA(self.denoiser.trainable_modules(), ema_decay) if ema else None
+        if latent_scale == "auto":
+            scale = math.nan
+        else:
+            scale = float(latent_scale if latent_scale is not None else self.autoencoder.config.scaling_factor)
+        self.register_buffer("latent_scale", torch.tensor(scale))
+        self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
+        self.compile_models, self.seed = compile, seed
+        self._batch_categories: list[str] | None = None
+        self._ema_swapped = False
+        self._last_ema_step = -1
+        self.last_reconstruction: Tensor | None = None
+
+    # -- latents ----------------------------------------------------------------------------------
+    def encode(self, image: Tensor, sample: bool = False) -> Tensor:
+        """Scaled latents of ImageNet-normalised images (posterior sample or mode)."""
+        if torch.isnan(self.latent_scale):
+            raise DiffusionConfigError(
+                "model.latent_scale=auto is not estimated yet (the model was never trained); train it or set "
+                "model.latent_scale to a number."
+            )
+        posterior = self.autoencoder.encode(image).latent_dist
+        return (posterior.sample() if sample else posterior.mode()) * self.latent_scale
+
+    def decode(self, latent: Tensor) -> Tensor:
+        """Images (ImageNet-normalised) of scaled latents."""
+        return self.autoencoder.decode(latent / self.latent_scale).sample
+
+    def _labels(self, categories: Sequence[str] | None, device: torch.device) -> Tensor | None:
+        if self.denoiser.context.kind != "class":
+            return None
+        if categories is None:
+            raise DiffusionConfigError(
+                "model.context.kind=class needs each image's category; run the model through the trainer "
+                "(test/predict) or use model.context.kind=empty."
+            )
+        unknown = sorted(set(categories) - set(self.categories))
+        if unknown:
+            raise DiffusionConfigError(
+                f"model.context.kind=class: categories {unknown} were not trained (known: {self.categories})."
+            )
+        return torch.tensor([self.categories.index(c) for c in categories], device=device)
+
+    def _noise(self, image: Tensor, shape: torch.Size) -> Tensor:
+        """Inference noise seeded by each image's content: a score never depends on its batch."""
+        noises = []
+        for one in image.detach().float().cpu():
+            generator = torch.Generator().manual_seed(zlib.crc32(one.numpy().tobytes()) ^ self.seed)
+            noises.append(torch.randn(tuple(shape[1:]), generator=generator))
+        return torch.stack(noises).to(image.device)
+
+    # -- inference --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def reconstruct(self, image: Tensor, categories: Sequence[str] | None = None) -> Tensor:
+        """x̂0: encode, noise to ``t_start``, DDIM with the image as hint, decode."""
+        labels = self._labels(categories if categories is not None else self._batch_categories, image.device)
+        z0 = self.encode(image)
+        noise = self._noise(image, z0.shape).to(z0.dtype)
+        z = ddim_reconstruct(
+            lambda x, t: self.denoiser(x, t, image, labels), self.sampler, z0, self.t_start, self.n_steps, noise
+        )
+        return self.decode(z)
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        """``(anomaly_map B×1×H×W, score B)``; the reconstruction is kept in ``last_reconstruction``."""
+        reconstruction = self.reconstruct(image)
+        self.last_reconstruction = reconstruction
+        return self.scorer(image, reconstruction.to(image.dtype))
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        out = super().test_step(batch, batch_idx)
+        out["reconstruction"] = self.last_reconstruction
+        return out
+
+    # -- training ---------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if self.denoiser.context.kind == "class" and len(self.categories) > self.denoiser.context.table.num_embeddings:
+            raise DiffusionConfigError(
+                f"model.context.num_classes={self.denoiser.context.table.num_embeddings} is below the "
+                f"{len(self.categories)} categories; raise it."
+            )
+        if self.compile_models:
+            self.denoiser.unet.compile()
+            self.denoiser.branch.controlnet.compile()
+
+    def _start_diffusion_phase(self, image: Tensor) -> None:
+        """Freeze the autoencoder; estimate the latent scale once when it is ``auto``."""
+        if not self._ae_frozen:
+            self.autoencoder.requires_grad_(False)
+            self._ae_frozen = True
+        if torch.isnan(self.latent_scale):
+            with torch.no_grad():
+                std = self.autoencoder.encode(image).latent_dist.sample().float().std()
+            scale = (1.0 / std).reshape(())
+            if self.trainer.world_size > 1:
+                scale = self.trainer.strategy.broadcast(scale, src=0)
+            self.latent_scale.fill_(float(scale))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        image = batch["image"]
+        if self.global_step < self.ae_fit_steps and not self._ae_frozen:
+            loss, parts, _ = autoencoder_loss(self.autoencoder, image, self.kl_weight)
+            self.log_dict({f"train/ae_{k}": v for k, v in parts.items()}, batch_size=image.shape[0])
+            name = "train/ae_loss"
+        else:
+            self._start_diffusion_phase(image)
+            with torch.no_grad():
+                z0 = self.encode(image, sample=True)
+            noise = torch.randn_like(z0)
+            t = sample_timesteps(self.scheduler, z0.shape[0], z0.device)
+            labels = self._labels(batch.get("category"), image.device)
+            prediction = self.denoiser(q_sample(self.scheduler, z0, t, noise), t, image, labels)
+            loss = F.mse_loss(prediction.float(), noise.float())
+            name = "train/loss"
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"DiAD's {name} became {float(loss)} at step {self.global_step}; the last good checkpoint is "
+                "kept. Lower model.lr, set trainer.gradient_clip_val=1.0 or use trainer.precision=32-true, "
+                "then resume with ckpt_path=last."
+            )
+        self.log(name, loss, prog_bar=True, batch_size=image.shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = self.global_step
+        if self.ema is not None and step > self.ae_fit_steps and step != self._last_ema_step:
+            self.ema.update()
+            self._last_ema_step = step
+
+    def configure_optimizers(self) -> Any:
+        params = [p for m in self.denoiser.trainable_modules().values() for p in m.parameters()]
+        groups = [{"params": params, "lr": self.lr}]
+        if self.ae_fit_steps > 0:
+            groups.append({"params": list(self.autoencoder.parameters()), "lr": self.ae_lr, "weight_decay": 0.0})
+        optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
+        if self.warmup_steps <= 0:
+            return optimizer
+        start, warmup = self.ae_fit_steps, self.warmup_steps
+        ramps = [lambda s: min(1.0, max(0.0, (s - start + 1) / warmup))] + [lambda s: 1.0] * (len(groups) - 1)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, ramps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # -- EMA weights for evaluation and the batch's categories for class conditioning -------------
+    def _use_ema(self, on: bool) -> None:
+        if self.ema is not None and self.ema.updates > 0 and self._ema_swapped != on:
+            self.ema.swap()
+            self._ema_swapped = on
+
+    def on_validation_epoch_start(self) -> None:
+        self._use_ema(True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._use_ema(False)
+
+    def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
+        self._use_ema(True)
+
+    def on_test_epoch_end(self) -> None:
+        self._use_ema(False)
+        super().on_test_epoch_end()
+
+    def on_predict_epoch_start(self) -> None:
+        self._use_ema(True)
+
+    def on_predict_epoch_end(self) -> None:
+        self._use_ema(False)
+
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._batch_categories = list(batch["category"])
+
+    on_validation_batch_start = on_test_batch_start
+    on_predict_batch_start = on_test_batch_start

@@ -1,0 +1,105 @@
+"""DiAD's first stage: train or fine-tune the KL autoencoder on normal images."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from anomaly.models.base import AnomalyModule
+from anomaly.nn.diffusion import autoencoder_loss, build_autoencoder
+from anomaly.nn.feature_distance import pooled_max
+from anomaly.nn.padim import gaussian_blur
+
+
+class FeaturePerceptual(nn.Module):
+    """LPIPS-like loss without learned weights: squared distance of channel-normalised features.
+
+    Args:
+        backbone: frozen extractor returning ``{layer: B×C×h×w}`` (gradients flow to its input).
+    """
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, image: Tensor, reconstruction: Tensor) -> Tensor:
+        """Mean over layers of the per-position squared distance of unit-normalised features."""
+        features = self.backbone(torch.cat([image, reconstruction]))
+        total = image.new_zeros(())
+        for value in features.values():
+            a, b = nn.functional.normalize(value.float(), dim=1).chunk(2)
+            total = total + (a - b).pow(2).sum(1).mean()
+        return total / len(features)
+
+
+class DiADAutoencoder(AnomalyModule):
+    """Fits ``AutoencoderKL`` (L1 + KL, optional perceptual term) for ``model=diad`` to load.
+
+    It is an ``AnomalyModule`` so the usual entry point trains, checkpoints and tests it: its
+    anomaly map is the blurred per-pixel L1 reconstruction error, a baseline that also shows in
+    the heatmaps whether the autoencoder reconstructs normal content. Pass the run's
+    ``checkpoints/last.ckpt`` as ``model.autoencoder.weights`` of ``model=diad``.
+
+    Args:
+        autoencoder: ``build_autoencoder`` arguments (``preset``, ``weights`` to fine-tune from
+            an LDM/diffusers checkpoint, overrides).
+        lr: AdamW learning rate; kl_weight: KL weight (LDM: 1e-6).
+        perceptual: optional frozen backbone for a perceptual term; perceptual_weight: its weight.
+        sigma, pool_size, pool_iters: blur and image-score pooling of the error map.
+        download: allow fetching a hub id of ``autoencoder.weights``.
+        **kwargs: ``AnomalyModule`` options (metrics).
+    """
+
+    def __init__(
+        self,
+        autoencoder: dict[str, Any] | None = None,
+        lr: float = 1e-4,
+        kl_weight: float = 1e-6,
+        perceptual: nn.Module | None = None,
+        perceptual_weight: float = 1.0,
+        sigma: float = 4.0,
+        pool_size: int = 8,
+        pool_iters: int = 1,
+        download: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.autoencoder = build_autoencoder(download=download, **dict(autoencoder or {"preset": "kl-f8"}))
+        self.perceptual = FeaturePerceptual(perceptual) if perceptual is not None else None
+        self.lr, self.kl_weight, self.perceptual_weight = lr, kl_weight, perceptual_weight
+        self.sigma, self.pool_size, self.pool_iters = sigma, pool_size, pool_iters
+        self.last_reconstruction: Tensor | None = None
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        """Blurred L1 error map of the reconstruction (posterior mode) and its pooled maximum."""
+        with torch.no_grad():
+            reconstruction = self.autoencoder.decode(self.autoencoder.encode(image).latent_dist.mode()).sample
+        self.last_reconstruction = reconstruction
+        anomaly_map = gaussian_blur((image - reconstruction).abs().mean(1, keepdim=True), self.sigma)
+        return anomaly_map, pooled_max(anomaly_map, self.pool_size, self.pool_iters)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        out = super().test_step(batch, batch_idx)
+        out["reconstruction"] = self.last_reconstruction
+        return out
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        image = batch["image"]
+        loss, parts, _ = autoencoder_loss(
+            self.autoencoder, image, self.kl_weight, self.perceptual, self.perceptual_weight
+        )
+        if not torch.isfinite(loss):
+            from anomaly.models.diad import NonFiniteLossError
+
+            raise NonFiniteLossError(
+                f"The autoencoder loss became {float(loss)} at step {self.global_step}; the last good checkpoint "
+                "is kept. Lower model.lr or set trainer.gradient_clip_val=1.0, then resume with ckpt_path=last."
+            )
+        self.log("train/loss", loss, prog_bar=True, batch_size=image.shape[0])
+        self.log_dict({f"train/{k}": v for k, v in parts.items()}, batch_size=image.shape[0])
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.autoencoder.parameters(), lr=self.lr, betas=(0.5, 0.9))

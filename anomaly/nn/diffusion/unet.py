@@ -1,0 +1,61 @@
+"""The UNet denoiser (diffusers ``UNet2DConditionModel``): build, load, and freeze its encoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from diffusers import UNet2DConditionModel
+from torch import nn
+
+from anomaly.nn.diffusion.presets import UNET_PRESETS, resolve
+from anomaly.nn.diffusion.weights import from_pretrained, load_checked, read_state_dict
+
+OPTION = "model.unet.weights"
+
+
+def build_unet(
+    preset: str = "sd15", weights: str | None = None, download: bool = False, **overrides: Any
+) -> UNet2DConditionModel:
+    """A UNet of a preset's layout, randomly initialised or loaded from ``weights``.
+
+    Args:
+        preset: a key of ``UNET_PRESETS`` (``sd15``, ``cpu``).
+        weights: ``None`` (random), a Stable Diffusion folder in diffusers layout (its ``unet/``
+            is used), a UNet folder, an original SD/LDM checkpoint file, or a hub id (cache only
+            unless ``download``).
+        download: allow fetching a hub id from the Hugging Face hub.
+        **overrides: ``UNet2DConditionModel`` arguments replacing the preset's.
+    """
+    config = resolve(UNET_PRESETS, preset, "model.unet.preset", **overrides)
+    if weights is None:
+        return UNet2DConditionModel(**config)
+    unet = from_pretrained(UNet2DConditionModel, str(weights), "unet", OPTION, download)
+    if unet is not None:
+        return unet
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    unet = UNet2DConditionModel(**config)
+    state = read_state_dict(Path(weights).expanduser())
+    if not any(k.startswith("model.diffusion_model.") for k in state):
+        load_checked(unet, state, OPTION, str(weights))  # already in diffusers naming
+        return unet
+    load_checked(unet, convert_ldm_unet_checkpoint(state, dict(unet.config)), OPTION, str(weights))
+    return unet
+
+
+def decoder_modules(unet: UNet2DConditionModel) -> list[nn.Module]:
+    """The parts DiAD trains: the up blocks and the output head (norm + conv)."""
+    return [unet.up_blocks, unet.conv_norm_out, unet.conv_out]
+
+
+def freeze_encoder(unet: UNet2DConditionModel) -> None:
+    """Freeze everything but the decoder: time embedding, input conv, down blocks, middle block."""
+    unet.requires_grad_(False)
+    for module in decoder_modules(unet):
+        module.requires_grad_(True)
+
+
+def downsampling(unet: UNet2DConditionModel) -> int:
+    """How many times the UNet halves its input (a latent side must be divisible by 2**this)."""
+    return len(unet.config.block_out_channels) - 1

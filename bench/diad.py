@@ -1,0 +1,110 @@
+"""DiAD figures: paper-preset sizes (meta device), CPU-preset training and inference speed, peak RSS.
+
+Usage: ``python bench/diad.py [--threads N] [--steps N] [--images N]``. Inference cost is split
+into the autoencoder (encode + decode), the denoiser steps and the scoring backbone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import time
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+import anomaly.config.resolvers  # noqa: F401 - ${anomaly.*} resolvers used by the model config
+from anomaly.nn.diffusion import SemanticGuidedBranch, build_autoencoder, build_unet, ddim_reconstruct
+
+CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+
+
+def millions(module: torch.nn.Module) -> float:
+    return sum(p.numel() for p in module.parameters()) / 1e6
+
+
+def paper_sizes() -> None:
+    with torch.device("meta"):
+        unet = build_unet("sd15")
+        branch = SemanticGuidedBranch(unet, control="mid", sff=True, downsampling=8, copy_weights=False)
+        vae = build_autoencoder("kl-f8")
+    figures = {"UNet": (millions(unet), 859.5), "SG branch": (millions(branch.controlnet), 361.3),
+               "SFF": (millions(branch.sff), 110.6), "VAE": (millions(vae), 83.7)}
+    print("paper preset (meta device)      ours      paper")
+    for name, (ours, paper) in figures.items():
+        print(f"  {name:<28}{ours:8.2f} M {paper:8.1f} M  ({100 * (ours - paper) / paper:+.2f} %)")
+
+
+def cpu_model() -> torch.nn.Module:
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=diad_cpu"])
+    model = instantiate(cfg.model)
+    model.latent_scale.fill_(1.0)
+    return model, cfg
+
+
+def timed(fn, repeat: int) -> float:
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - start) / repeat
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps")
+    parser.add_argument("--images", type=int, default=32, help="timed test images")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
+    paper_sizes()
+
+    model, cfg = cpu_model()
+    size, batch = cfg.data.image_size, cfg.data.batch_size
+    print(f"cpu preset: UNet {millions(model.denoiser.unet):.2f} M, SG branch "
+          f"{millions(model.denoiser.branch.controlnet):.2f} M, SFF {millions(model.denoiser.branch.sff):.2f} M, "
+          f"autoencoder {millions(model.autoencoder):.2f} M, {size}² images")
+    images = torch.randn(batch, 3, size, size)
+    model._start_diffusion_phase(images)  # diffusion phase: the autoencoder is frozen
+    params = [p for m in model.denoiser.trainable_modules().values() for p in m.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+
+    def train_step() -> None:
+        optimizer.zero_grad()
+        with torch.no_grad():
+            z0 = model.encode(images, sample=True)
+        noise = torch.randn_like(z0)
+        t = torch.randint(0, 1000, (batch,))
+        loss = (model.denoiser(model.scheduler.add_noise(z0, noise, t), t, images) - noise).pow(2).mean()
+        loss.backward()
+        optimizer.step()
+
+    train_step()
+    step_s = timed(train_step, args.steps)
+    print(f"training: {1 / step_s:.2f} steps/s at batch {batch} ({step_s:.3f} s/step)")
+
+    model.eval()
+    eval_batch = cfg.data.eval_batch_size
+    test = torch.randn(eval_batch, 3, size, size)
+    repeat = max(1, args.images // eval_batch)
+    with torch.no_grad():
+        z0 = model.encode(test)
+        ae_s = timed(lambda: model.decode(model.encode(test)), repeat)
+        den_s = timed(lambda: ddim_reconstruct(lambda x, t: model.denoiser(x, t, test), model.sampler, z0,
+                                               model.t_start, model.n_steps), repeat)
+        recon = model.decode(z0)
+        score_s = timed(lambda: model.scorer(test, recon), repeat)
+        total_s = timed(lambda: model(test), repeat)
+    per = 1000 / eval_batch
+    steps = int((model.sampler.timesteps <= model.t_start).sum())
+    print(f"test: {eval_batch / total_s:.1f} images/s at batch {eval_batch}; per image: autoencoder "
+          f"{ae_s * per:.1f} ms, denoiser ({steps} DDIM steps from t={model.t_start}) {den_s * per:.1f} ms, scoring "
+          f"{score_s * per:.1f} ms, total {total_s * per:.1f} ms")
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

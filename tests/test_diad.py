@@ -1,0 +1,177 @@
+"""DiAD as a LightningModule: it learns, resumes, fails clearly, and re-tests from its checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from anomaly.models.diad import DiAD, NonFiniteLossError
+from anomaly.nn.backbone import FeatureExtractor
+from anomaly.nn.diffusion import WeightsError
+from anomaly.nn.diffusion.presets import DiffusionConfigError
+from tests.conftest import REPO
+
+TINY_UNET = {"preset": "cpu", "block_out_channels": [16, 32, 32], "layers_per_block": 1, "norm_num_groups": 8,
+             "cross_attention_dim": 16, "attention_head_dim": 4}
+TINY_AE = {"preset": "cpu", "block_out_channels": [16, 16, 16]}
+CATEGORIES = ["a", "b"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on the shared 2-core machine two threads thrash when others are busy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class Images(Dataset):
+    """Eight fixed 32² images of two categories as batch dicts."""
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.images = torch.randn(8, 3, 32, 32, generator=g) * 0.3
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"image": self.images[i], "mask": torch.zeros(1, 32, 32), "label": 0,
+                "category": CATEGORIES[i % 2], "defect": "good", "path": f"{i}.png"}
+
+
+class Data(L.LightningDataModule):
+    categories = CATEGORIES
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(Images(), batch_size=4, shuffle=False)
+
+
+def tiny(**overrides: Any) -> DiAD:
+    torch.manual_seed(0)
+    args: dict[str, Any] = {
+        "backbone": FeatureExtractor("efficientnet_lite0", ["blocks.1", "blocks.2"], weights="none"),
+        "input_size": 32, "unet": TINY_UNET, "autoencoder": {**TINY_AE, "fit_steps": 2}, "lr": 1e-3,
+        "n_steps": 2, "latent_scale": "auto", "ema_decay": 0.5, "scoring": {"sigma": 1.0, "pool_size": 4},
+    }
+    return DiAD(**{**args, **overrides})
+
+
+def trainer(tmp_path: Path, steps: int, **kwargs: Any) -> L.Trainer:
+    return L.Trainer(max_steps=steps, max_epochs=-1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path, **kwargs)
+
+
+def eps_loss(model: DiAD, batch: torch.Tensor) -> float:
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        z0 = model.encode(batch)
+        noise = torch.randn(z0.shape, generator=g)
+        t = torch.randint(0, 1000, (z0.shape[0],), generator=g)
+        zt = model.scheduler.add_noise(z0, noise, t)
+        return float((model.denoiser(zt, t, batch) - noise).pow(2).mean())
+
+
+def test_a_short_training_run_lowers_the_noise_prediction_loss(tmp_path: Path) -> None:
+    model = tiny(ema=False)
+    batch = Images().images
+    trainer(tmp_path, 2).fit(model, datamodule=Data())  # the autoencoder phase, then the scale is set
+    model._start_diffusion_phase(batch)
+    before = eps_loss(model, batch)
+    ae_before = model.autoencoder.encoder.conv_in.weight.detach().clone()
+    frozen_before = model.denoiser.unet.down_blocks[0].resnets[0].conv1.weight.detach().clone()
+    trainer(tmp_path, 32).fit(model, datamodule=Data())
+    assert eps_loss(model, batch) < 0.8 * before
+    assert torch.equal(model.autoencoder.encoder.conv_in.weight, ae_before)  # frozen after its phase
+    assert torch.equal(model.denoiser.unet.down_blocks[0].resnets[0].conv1.weight, frozen_before)
+    assert torch.isfinite(model.latent_scale) and float(model.latent_scale) > 0
+
+
+def test_resume_continues_the_schedule_the_ema_and_the_latent_scale(tmp_path: Path) -> None:
+    model = tiny(warmup_steps=10)
+    first = trainer(tmp_path, 6)
+    first.fit(model, datamodule=Data())
+    path = tmp_path / "mid.ckpt"
+    first.save_checkpoint(path)
+    scale = float(model.latent_scale)
+    resumed = tiny(warmup_steps=10)
+    again = trainer(tmp_path, 10)
+    again.fit(resumed, datamodule=Data(), ckpt_path=path)
+    assert again.global_step == 10
+    assert resumed.ema.updates == 8  # one per diffusion step: 4 before the checkpoint, 4 after
+    assert float(resumed.latent_scale) == scale  # estimated once, restored, not re-estimated
+    schedule = again.lr_scheduler_configs[0].scheduler
+    assert schedule.last_epoch == 10 and schedule.get_last_lr()[0] == pytest.approx(1e-3 * 0.9)
+
+
+def test_nan_loss_stops_with_the_step_and_a_hint(tmp_path: Path) -> None:
+    model = tiny(autoencoder={**TINY_AE, "fit_steps": 1})
+    with torch.no_grad():
+        model.autoencoder.decoder.conv_out.bias.fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"at step 0.*ckpt_path=last"):
+        trainer(tmp_path, 3).fit(model, datamodule=Data())
+
+
+def test_bad_sizes_and_missing_weights_fail_with_one_clear_sentence(tmp_path: Path) -> None:
+    with pytest.raises(DiffusionConfigError, match="multiples of 16.*use e.g. 32 or 48"):
+        tiny(input_size=40)
+    with pytest.raises(WeightsError, match="model.autoencoder.weights.*fit_steps"):
+        tiny(autoencoder={**TINY_AE, "fit_steps": 0})
+    with pytest.raises(WeightsError, match="does not exist.*diad_autoencoder"):
+        tiny(autoencoder={**TINY_AE, "weights": str(tmp_path / "ae.ckpt")})
+    with pytest.raises(WeightsError, match="model.unet.weights=.*model.download=true"):
+        tiny(unet={**TINY_UNET, "weights": "stable-diffusion-v1-5/stable-diffusion-v1-5"})
+    with pytest.raises(DiffusionConfigError, match="model.control"):
+        tiny(control="some")
+
+
+def test_inference_is_batch_independent_and_class_conditioning_needs_known_categories(tmp_path: Path) -> None:
+    model = tiny(context={"kind": "class", "num_classes": 4})
+    trainer(tmp_path, 4).fit(model, datamodule=Data())
+    model.eval()
+    images = Images().images[:4]
+    model._batch_categories = ["a", "b", "a", "b"]
+    maps, scores = model(images)
+    assert maps.shape == (4, 1, 32, 32) and scores.shape == (4,)
+    model._batch_categories = ["b"]
+    single_map, single = model(images[1:2])
+    torch.testing.assert_close(single, scores[1:2], rtol=1e-4, atol=1e-5)
+    assert model.last_reconstruction.shape == (1, 3, 32, 32)
+    model._batch_categories = ["c"]
+    with pytest.raises(DiffusionConfigError, match=r"\['c'\] were not trained"):
+        model(images[:1])
+
+
+@pytest.mark.skipif(os.environ.get("ANOMALY_FAST") == "1", reason="end-to-end run")
+def test_train_then_evaluate_reproduces_the_metrics(synthetic_root: Path, tmp_path: Path) -> None:
+    run_dir, eval_dir = tmp_path / "run", tmp_path / "eval"
+    env = {**os.environ, "ANOMALY_ROOT": str(tmp_path), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    tiny_args = [f"+model.unet.{k}={json.dumps(v).replace(' ', '')}" for k, v in TINY_UNET.items()
+                 if k not in ("preset", "layers_per_block")]
+    train = [sys.executable, "-m", "anomaly.train", "experiment=diad_cpu", f"data.root={synthetic_root}",
+             "data.category=[capsule,fabric]", "data.prepare=null", "data.image_size=32", "data.num_workers=0",
+             "trainer.max_steps=6", "model.autoencoder.fit_steps=3", "model.n_steps=2", *tiny_args,
+             "model.scoring.resize=null",
+             "+model.autoencoder.block_out_channels=[16,16,16]", "model.unet.layers_per_block=1",
+             "callbacks.heatmaps.n_images=1", "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(train, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluate = [sys.executable, "-m", "anomaly.evaluate", f"ckpt_path={run_dir}", f"hydra.run.dir={eval_dir}"]
+    result = subprocess.run(evaluate, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    again = json.loads((eval_dir / "metrics.json").read_text())
+    assert trained["setting"] == "unified" and set(trained["categories"]) == {"capsule", "fabric"}
+    for category, values in trained["categories"].items():
+        for name, value in values.items():
+            assert again["categories"][category][name] == pytest.approx(value, abs=1e-6), (category, name)

@@ -1,0 +1,248 @@
+"""DiAD's diffusion blocks: sizes, zero-initialised wiring, gradients, sampling, scoring, loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from anomaly.nn.diffusion import (
+    Conditioning,
+    ControlledDenoiser,
+    ModuleEMA,
+    SemanticGuidedBranch,
+    SpatialFeatureFusion,
+    WeightsError,
+    build_autoencoder,
+    build_unet,
+    ddim_reconstruct,
+    make_scheduler,
+    q_sample,
+)
+from anomaly.nn.diffusion.control import hint_channels
+from anomaly.nn.feature_distance import FeatureDistance, pooled_max
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on the shared 2-core machine two threads thrash when others are busy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+TINY = {
+    "block_out_channels": [16, 32, 32],
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "cross_attention_dim": 16,
+    "attention_head_dim": 4,
+    "sample_size": 8,
+}
+
+
+def count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def tiny_denoiser(control: str = "mid", sff: bool = True, seed: int = 0) -> ControlledDenoiser:
+    torch.manual_seed(seed)
+    unet = build_unet("cpu", **TINY)
+    branch = SemanticGuidedBranch(unet, control=control, sff=sff, downsampling=4)
+    return ControlledDenoiser(unet, branch, Conditioning("empty", dim=16))
+
+
+def inputs(batch: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return (torch.randn(batch, 4, 8, 8, generator=g), torch.tensor([10, 900])[:batch],
+            torch.randn(batch, 3, 32, 32, generator=g))
+
+
+def test_paper_preset_has_the_papers_sizes_on_the_meta_device() -> None:
+    with torch.device("meta"):
+        unet = build_unet("sd15")
+        branch = SemanticGuidedBranch(unet, control="mid", sff=True, downsampling=8, copy_weights=False)
+        autoencoder = build_autoencoder("kl-f8")
+    for got, paper in [(count(unet), 859.5e6), (count(branch.controlnet), 361.3e6), (count(branch.sff), 110.6e6),
+                       (count(autoencoder), 83.7e6)]:
+        assert abs(got - paper) / paper < 0.01, (got, paper)
+    # SFF: three 640→1280 and six 1280→1280 stride-2 3×3 convs, as the official code.
+    assert branch.sources == [6, 7, 8] and branch.targets == [9, 10, 11]
+    assert branch.sff.source_channels == [640, 1280, 1280]
+
+
+@pytest.mark.parametrize("control", ["mid", "all"])
+def test_zero_initialised_branch_leaves_the_unet_output_unchanged(control: str) -> None:
+    denoiser = tiny_denoiser(control)
+    x, t, hint = inputs()
+    context = denoiser.context(2)
+    with torch.no_grad():
+        plain = denoiser.unet(x, t, encoder_hidden_states=context).sample
+        controlled = denoiser(x, t, hint)
+    torch.testing.assert_close(controlled, plain, rtol=0, atol=1e-6)
+
+
+def test_gradients_reach_only_the_trainable_parts() -> None:
+    denoiser = tiny_denoiser("all")
+    x, t, hint = inputs()
+    optimizer = torch.optim.SGD([p for p in denoiser.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(2):  # the second step: zero convs are non-zero, so gradients flow into the branch
+        optimizer.zero_grad()
+        (denoiser(x, t, hint) - x).pow(2).mean().backward()
+        optimizer.step()
+    unet = denoiser.unet
+    frozen = [unet.conv_in, unet.time_embedding, unet.down_blocks, unet.mid_block]
+    assert all(p.grad is None and not p.requires_grad for m in frozen for p in m.parameters())
+    for module in [unet.up_blocks, unet.conv_out, denoiser.branch.controlnet.controlnet_cond_embedding,
+                   denoiser.branch.controlnet.down_blocks, denoiser.branch.controlnet.controlnet_mid_block,
+                   denoiser.branch.sff]:
+        grads = [p.grad for p in module.parameters()]
+        assert all(g is not None for g in grads)
+        assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_mid_control_only_feeds_the_last_level_and_the_middle_block() -> None:
+    denoiser = tiny_denoiser("mid")
+    with torch.no_grad():
+        for p in denoiser.branch.controlnet.controlnet_down_blocks.parameters():
+            p.normal_(0, 0.1)
+    x, t, hint = inputs()
+    with torch.no_grad():
+        down, mid = denoiser.branch(x, t, denoiser.context(2), hint)
+    assert len(down) == 6 and denoiser.branch.targets == [4, 5] and denoiser.branch.sources == [2, 3]
+    assert all(float(d.abs().max()) == 0 for d in down[:4])
+    assert all(float(d.abs().max()) > 0 for d in down[4:])
+    assert tuple(down[4].shape) == (2, 32, 2, 2) and tuple(mid.shape) == (2, 32, 2, 2)
+
+
+def test_sff_is_zero_at_init_and_fuses_every_source_into_every_target() -> None:
+    sff = SpatialFeatureFusion([8, 16], [16, 16, 16])
+    assert sum(1 for m in sff.modules() if isinstance(m, nn.Conv2d)) == 6
+    sources = [torch.zeros(1, 8, 8, 8), torch.zeros(1, 16, 8, 8)]
+    targets = [torch.randn(1, 16, 4, 4) for _ in range(3)]
+    torch.testing.assert_close(sff(sources, targets)[1], torch.nn.functional.silu(targets[1]))
+    with torch.no_grad():
+        sff.down[2][0][0].weight.normal_()
+    fused = sff([torch.randn(1, 8, 8, 8), torch.zeros(1, 16, 8, 8)], targets)
+    torch.testing.assert_close(fused[0], torch.nn.functional.silu(targets[0]))
+    assert not torch.allclose(fused[2], torch.nn.functional.silu(targets[2]))
+    with pytest.raises(ValueError, match="SFF expects"):
+        sff(sources[:1], targets)
+
+
+@pytest.mark.parametrize(("spacing", "t_start", "n_steps"), [("leading", 999, 10), ("trailing", 999, 10),
+                                                            ("leading", 500, 20)])
+def test_ddim_round_trip_with_a_perfect_noise_predictor_recovers_z0(spacing: str, t_start: int, n_steps: int) -> None:
+    scheduler = make_scheduler(timestep_spacing=spacing)
+    z0 = torch.randn(3, 4, 8, 8)
+    alphas = scheduler.alphas_cumprod
+
+    def perfect(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a = alphas[t].view(-1, 1, 1, 1)
+        return (x - a.sqrt() * z0) / (1 - a).sqrt()
+
+    torch.testing.assert_close(ddim_reconstruct(perfect, scheduler, z0, t_start, n_steps), z0, rtol=1e-4, atol=1e-4)
+    # A predictor that is wrong does not: the test can fail.
+    wrong = ddim_reconstruct(lambda x, t: torch.zeros_like(x), scheduler, z0, t_start, n_steps)
+    assert (wrong - z0).abs().mean() > 0.1
+
+
+def test_noising_to_999_keeps_about_seven_percent_of_the_signal_and_bad_t_start_fails() -> None:
+    scheduler = make_scheduler()
+    z0 = torch.ones(1, 1, 1, 1)
+    kept = q_sample(scheduler, z0, torch.tensor([999]), torch.zeros_like(z0))
+    assert 0.06 < float(kept) < 0.075
+    with pytest.raises(ValueError, match="model.t_start"):
+        ddim_reconstruct(lambda x, t: x, scheduler, z0, 1000, 10)
+    with pytest.raises(ValueError, match="model.t_start=0 is below"):
+        ddim_reconstruct(lambda x, t: x, scheduler, z0, 0, 10)
+
+
+def test_context_kinds() -> None:
+    assert Conditioning("empty", dim=8, tokens=3)(2).shape == (2, 3, 8)
+    learned = Conditioning("learned", dim=8)
+    assert learned(4).requires_grad and learned(4).shape == (4, 1, 8)
+    classes = Conditioning("class", dim=8, num_classes=5)
+    out = classes(2, torch.tensor([0, 3]))
+    assert out.shape == (2, 1, 8) and not torch.equal(out[0], out[1])
+    with pytest.raises(ValueError, match="needs the category"):
+        classes(2)
+    with pytest.raises(ValueError, match="model.context.kind=clip"):
+        Conditioning("clip")
+    with pytest.raises(ValueError, match="model.context.path"):
+        Conditioning("file", path="/nonexistent/context.pt")
+
+
+def test_ema_averages_only_the_given_modules_and_swaps() -> None:
+    live = nn.Linear(2, 2)
+    frozen = nn.Linear(2, 2)
+    ema = ModuleEMA({"live": live}, decay=0.5)
+    assert not any(p is q for p in ema.parameters() for q in frozen.parameters())
+    ema.update()  # first update copies
+    start = live.weight.detach().clone()
+    with torch.no_grad():
+        live.weight.add_(2.0)
+    ema.update()
+    with ema.applied():
+        torch.testing.assert_close(live.weight, start + 1.0)
+    torch.testing.assert_close(live.weight, start + 2.0)
+    assert ema.updates == 2 and "average.n_averaged" in ema.state_dict()
+
+
+def test_hint_encoder_matches_the_autoencoder_factor() -> None:
+    assert hint_channels(8) == (16, 32, 96, 256) and hint_channels(4) == (16, 32, 96)
+    with pytest.raises(ValueError, match="downsamples by 16"):
+        hint_channels(16)
+
+
+class _Pixels(nn.Module):
+    """A stand-in backbone: the image itself at full and half resolution."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"a": x, "b": torch.nn.functional.avg_pool2d(x, 2)}
+
+
+def test_feature_distance_is_zero_for_a_perfect_reconstruction_and_peaks_at_the_defect() -> None:
+    scorer = FeatureDistance(_Pixels(), layers=["a", "b"], sigma=1.0, pool_size=4, pool_iters=2)
+    image = torch.rand(2, 3, 32, 32) + 0.5
+    recon = image.clone()
+    recon[1, :, 20:26, 4:10] = torch.rand(3, 6, 6) - 0.5
+    anomaly_map, score = scorer(image, recon)
+    assert anomaly_map.shape == (2, 1, 32, 32)
+    assert float(anomaly_map[0].abs().max()) < 1e-5 and score[1] > 0.1
+    peak = int(anomaly_map[1, 0].argmax())
+    assert 18 <= peak // 32 <= 28 and 2 <= peak % 32 <= 12
+    resized = FeatureDistance(_Pixels(), layers=["a"], sigma=1.0, resize=64)(image, recon)[0]
+    assert resized.shape == (2, 1, 32, 32) and float(resized[0].abs().max()) < 1e-5
+    with pytest.raises(KeyError, match="no layer"):
+        FeatureDistance(_Pixels(), layers=["c"])(image, recon)
+
+
+def test_pooled_max_smooths_before_taking_the_maximum() -> None:
+    spike = torch.zeros(1, 1, 16, 16)
+    spike[0, 0, 8, 8] = 64.0
+    assert float(pooled_max(spike, 8, 0)) == 64.0
+    assert float(pooled_max(spike, 8, 1)) == pytest.approx(1.0)
+
+
+def test_missing_weights_fail_with_the_option_named(tmp_path) -> None:
+    with pytest.raises(WeightsError, match="model.autoencoder.weights=.*diad_autoencoder"):
+        build_autoencoder("cpu", weights=str(tmp_path / "missing.ckpt"))
+    with pytest.raises(WeightsError, match="model.unet.weights=.*model.download=true"):
+        build_unet("sd15", weights="stable-diffusion-v1-5/not-cached-here")
+    with pytest.raises(WeightsError, match="without a diffusers"):
+        build_unet("cpu", weights=str(tmp_path))
+
+
+def test_autoencoder_loads_from_a_folder_and_a_project_checkpoint(tmp_path) -> None:
+    torch.manual_seed(0)
+    source = build_autoencoder("cpu")
+    source.save_pretrained(tmp_path / "sd" / "vae")
+    loaded = build_autoencoder("kl-f8", weights=str(tmp_path / "sd"))  # the folder's own config wins
+    torch.testing.assert_close(loaded.encoder.conv_in.weight, source.encoder.conv_in.weight)
+    state = {f"autoencoder.{k}": v for k, v in source.state_dict().items()}
+    torch.save({"state_dict": state, "anomaly_config": {"model": {"autoencoder": {"preset": "cpu", "fit_steps": 5}}}},
+               tmp_path / "a.ckpt")
+    from_ckpt = build_autoencoder("kl-f8", weights=str(tmp_path / "a.ckpt"))
+    torch.testing.assert_close(from_ckpt.decoder.conv_out.weight, source.decoder.conv_out.weight)
