@@ -7,7 +7,6 @@ stored in the checkpoint; ``data.*`` overrides apply on top (e.g. another ``data
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 import anomaly.config.resolvers  # noqa: F401 - registers ${anomaly.*} resolvers
 from anomaly.callbacks.heatmaps import HeatmapWriter
 from anomaly.callbacks.results import mean_over_categories, print_table, write_metrics
-from anomaly.config.check import ConfigError, to_plain
-from anomaly.config.precheck import precheck
+from anomaly.config.check import to_plain
+from anomaly.config.precheck import launch
 from anomaly.models.base import AnomalyModule
 from anomaly.utils.errors import user_errors
 
@@ -99,11 +98,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Entry point: check overrides first, then run Hydra."""
-    try:
-        precheck("eval", sys.argv[1:])
-    except ConfigError as error:
-        sys.exit(f"Error: {error}")
-    _hydra_main()
+    launch("eval", _hydra_main)
 
 
 if __name__ == "__main__":

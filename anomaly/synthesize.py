@@ -11,7 +11,6 @@ s ~ U[sampler.s], so a killed run resumes where it stopped and the result equals
 from __future__ import annotations
 
 import logging
-import sys
 import time
 import zlib
 from collections.abc import Sequence
@@ -23,8 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from anomaly.config.check import ConfigError
-from anomaly.config.precheck import precheck
+from anomaly.config.precheck import launch
 from anomaly.models.ddpm import DDPM
 from anomaly.nn.ddpm import DDPMConfigError
 from anomaly.nn.ddpm_sampler import check_strength, sample, to_uint8
@@ -113,12 +111,8 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """Entry point: check overrides first (one clear line on a typo), then run Hydra."""
-    try:
-        precheck("synthesize", sys.argv[1:])
-    except ConfigError as error:
-        sys.exit(f"Error: {error}")
-    _hydra_main()
+    """Entry point: check overrides first, then run Hydra."""
+    launch("synthesize", _hydra_main)
 
 
 if __name__ == "__main__":

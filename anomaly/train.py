@@ -7,7 +7,6 @@ heatmaps and the logger's files.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,8 @@ from omegaconf import DictConfig
 import anomaly.config.resolvers  # noqa: F401 - registers ${anomaly.*} resolvers
 from anomaly.callbacks.results import mean_over_categories, print_table, write_metrics
 from anomaly.callbacks.run_config import ConfigInCheckpoint
-from anomaly.config.check import ConfigError, check_targets, to_plain
-from anomaly.config.precheck import precheck
+from anomaly.config.check import check_targets, to_plain
+from anomaly.config.precheck import launch
 from anomaly.utils.atomic import atomic_write_json
 from anomaly.utils.errors import user_errors
 
@@ -141,12 +140,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    """Entry point: check overrides first (one clear line on a typo), then run Hydra."""
-    try:
-        precheck("train", sys.argv[1:])
-    except ConfigError as error:
-        sys.exit(f"Error: {error}")
-    _hydra_main()
+    """Entry point: check overrides first, then run Hydra."""
+    launch("train", _hydra_main)
 
 
 if __name__ == "__main__":

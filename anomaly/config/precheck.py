@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
@@ -57,3 +59,13 @@ def precheck(config_name: str, argv: Sequence[str]) -> None:
 def _first_value(override: str) -> str:
     key, value = override.split("=", 1)
     return f"{key}={value.split(',')[0]}"
+
+
+def launch(config_name: str, hydra_main: Callable[[], Any]) -> None:
+    """Entry points' ``main``: check the command line's overrides (one clear line on a typo), then
+    run the Hydra main."""
+    try:
+        precheck(config_name, sys.argv[1:])
+    except ConfigError as error:
+        sys.exit(f"Error: {error}")
+    hydra_main()

@@ -5,8 +5,9 @@ image's mask) of the fraction of the region scored at or above the threshold; FP
 of normal pixels scored at or above it. Sorting all pixels by score once, each anomalous pixel of a
 region ``r`` adds ``1 / (|r| * #regions)`` to PRO and each normal pixel ``1 / #normal`` to FPR, so
 the curve is a cumulative sum (see :mod:`anomaly.metrics.exact`). The curve starts at (0, 0), joins
-the points of consecutive distinct thresholds with straight lines, and is cut at FPR = 0.3 with the
-PRO there linearly interpolated, exactly as ``trapezoid(..., x_max=0.3)`` of the MVTec AD code.
+the points of consecutive distinct thresholds with straight lines (PRO clipped to 1 against
+rounding), and is cut at FPR = 0.3 with the PRO there linearly interpolated, exactly as
+``trapezoid(..., x_max=0.3)`` of the MVTec AD code.
 """
 
 from __future__ import annotations
@@ -16,40 +17,58 @@ import numpy as np
 from anomaly.metrics.names import FPR_LIMIT
 
 
-class LimitedTrapezoid:
-    """Trapezoid area under a curve with non-decreasing x, from x = 0 up to ``limit``, fed in pieces.
+class ProArea:
+    """The AUPRO of threshold groups fed in order of decreasing score.
+
+    Only groups holding anomalous pixels move PRO. Before such a group ``g`` the curve runs
+    horizontally from the previous group's false positives to ``fp_g - q_g`` (the normal pixels
+    scored above it), then straight to ``(fp_g, PRO_g)`` across the ``q_g`` normal pixels tied with
+    it; so the area needs no point-by-point curve.
 
     Args:
-        limit: where the integration stops; the curve is interpolated linearly at ``limit``.
+        negatives: number of normal pixels (> 0).
+        regions: number of ground-truth regions (> 0).
+        limit: the FPR where the integration stops.
 
     Example:
-        >>> area = LimitedTrapezoid(0.3)
-        >>> area.add(np.array([0.1, 0.5]), np.array([1.0, 1.0]))
-        >>> round(area.normalised(), 6)
-        0.833333
+        >>> area = ProArea(negatives=10, regions=1)
+        >>> area.add(q=np.array([1]), fp=np.array([2]), w=np.array([1.0]))  # region tied with 1 of 2 normal pixels
+        >>> round(area.normalised(), 6)  # (0.1 * 0 + 0.1 * 0.5 + 0.1 * 1) / 0.3
+        0.5
     """
 
-    def __init__(self, limit: float = FPR_LIMIT) -> None:
-        self.limit = limit
-        self.x, self.y = 0.0, 0.0  # the last point seen; the curve starts at (0, 0)
-        self.area = 0.0
-        self.done = False
+    def __init__(self, negatives: int, regions: int, limit: float = FPR_LIMIT) -> None:
+        self.negatives, self.regions, self.limit = negatives, regions, limit
+        self._cut = limit * negatives  # the limit in false positives
+        self._fp, self._pro = 0, 0.0  # the last point: false positives, summed region weights
+        self._area = 0.0  # in false positives x PRO
+        self._done = False
 
-    def add(self, x: np.ndarray, y: np.ndarray) -> None:
-        """Append curve points (x non-decreasing, continuing from the previous call)."""
-        if self.done or x.size == 0:
+    def add(self, q: np.ndarray, fp: np.ndarray, w: np.ndarray) -> None:
+        """Append groups: tied normal pixels ``q``, cumulative ``fp`` (int64), region weights ``w``."""
+        if self._done:  # past the limit nothing matters any more
             return
-        xs = np.concatenate(([self.x], x))
-        ys = np.concatenate(([self.y], y))
-        inside = int(np.searchsorted(x, self.limit, side="right"))  # points with x <= limit
-        self.area += 0.5 * float(np.sum((xs[1:inside + 1] - xs[:inside]) * (ys[1:inside + 1] + ys[:inside])))
-        if inside < x.size:
-            x0, y0, x1, y1 = xs[inside], ys[inside], xs[inside + 1], ys[inside + 1]
-            y_limit = y0 + (y1 - y0) * (self.limit - x0) / (x1 - x0)
-            self.area += 0.5 * (y_limit + y0) * (self.limit - x0)
-            self.done = True
-        self.x, self.y = float(xs[-1]), float(ys[-1])
+        inside = int(np.searchsorted(fp, self._cut, side="right"))  # groups ending within the limit
+        q, fp, w = q[:inside + 1], fp[:inside + 1], w[:inside + 1]  # and the one that crosses it
+        pro = self._pro + np.cumsum(w)
+        y = np.minimum(pro / self.regions, 1.0)
+        y_prev = np.concatenate(([min(self._pro / self.regions, 1.0)], y[:-1]))
+        fp_prev = np.concatenate(([self._fp], fp[:-1]))
+        start = fp - q  # where the group's own (sloped) segment starts
+        self._area += float(np.dot(start[:inside] - fp_prev[:inside], y_prev[:inside]))
+        self._area += 0.5 * float(np.dot(q[:inside], y_prev[:inside] + y[:inside]))
+        if inside < fp.size:
+            k = inside
+            self._area += (min(start[k], self._cut) - fp_prev[k]) * y_prev[k]
+            if start[k] < self._cut:
+                y_cut = y_prev[k] + (y[k] - y_prev[k]) * (self._cut - start[k]) / q[k]
+                self._area += 0.5 * (self._cut - start[k]) * (y_prev[k] + y_cut)
+            self._done = True
+        self._fp, self._pro = int(fp[-1]), float(pro[-1])
 
     def normalised(self) -> float:
-        """The area divided by ``limit`` (1.0 for a perfect detector)."""
-        return float(self.area) / self.limit
+        """The area up to FPR ``limit`` divided by ``limit`` (1.0 for a perfect detector)."""
+        area = self._area
+        if not self._done:  # the curve ends with a horizontal run to (1, PRO of all pixels)
+            area += (self._cut - self._fp) * min(self._pro / self.regions, 1.0)
+        return area / self.negatives / self.limit

@@ -10,8 +10,7 @@ with ``P`` positives, ``N`` negatives and ``R`` regions:
   the trapezoid of ``sklearn.metrics.roc_auc_score``), summed in exact integer arithmetic;
 - AP: ``sum p * tp / (tp + fp) / P`` (``sklearn.metrics.average_precision_score``);
 - F1-max: ``max 2 tp / (tp + fp + P)`` (F1 only grows at groups with positives);
-- AUPRO: the polyline through ``(fp - q, PRO before)`` and ``(fp, PRO after)`` of each group, which
-  has the area of the full PRO curve (see :mod:`anomaly.metrics.aupro`).
+- AUPRO: see :mod:`anomaly.metrics.aupro`.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from collections.abc import Collection
 
 import numpy as np
 
-from anomaly.metrics.aupro import LimitedTrapezoid
+from anomaly.metrics.aupro import ProArea
 
 CURVE_NAMES: tuple[str, ...] = ("auroc", "ap", "f1max", "aupro")
 
@@ -53,8 +52,7 @@ class CurveAccumulator:
         self._integer_auc = 2 * positives * negatives < 2**62
         self._ap = 0.0
         self._f1 = 0.0
-        self._pro_total = 0.0
-        self._pro = LimitedTrapezoid()
+        self._pro = ProArea(negatives, regions) if "aupro" in self.names else None
 
     def add(self, p: np.ndarray, q: np.ndarray, tp: np.ndarray, fp: np.ndarray, w: np.ndarray | None = None) -> None:
         """Append groups (int64 arrays, highest score first; ``w`` float64, needed for AUPRO)."""
@@ -76,22 +74,7 @@ class CurveAccumulator:
         if "aupro" in self.names:
             if w is None:
                 raise ValueError("AUPRO needs the region weight of each group")
-            if not self._pro.done:  # past FPR 0.3 only the total matters
-                self._add_pro(fp - q, fp, w)
-            else:
-                self._pro_total += float(np.sum(w))
-
-    def _add_pro(self, fp_before: np.ndarray, fp: np.ndarray, w: np.ndarray) -> None:
-        """Feed the PRO polyline up to the first group that crosses FPR 0.3."""
-        after = self._pro_total + np.cumsum(w)
-        before = np.concatenate(([self._pro_total], after[:-1]))
-        self._pro_total = float(after[-1])
-        keep = min(int(np.searchsorted(fp, self._pro.limit * self.negatives, side="right")) + 1, fp.size)
-        x = np.empty(2 * keep)
-        x[0::2], x[1::2] = fp_before[:keep], fp[:keep]
-        y = np.empty(2 * keep)
-        y[0::2], y[1::2] = before[:keep], after[:keep]
-        self._pro.add(x / self.negatives, np.minimum(y / self.regions, 1.0))
+            self._pro.add(q, fp, w)
 
     def result(self) -> dict[str, float]:
         """The requested metrics, after the last group."""
@@ -102,7 +85,6 @@ class CurveAccumulator:
             values["ap"] = self._ap / self.positives
         if "f1max" in self.names:
             values["f1max"] = self._f1
-        if "aupro" in self.names:  # the curve ends at (1, PRO of all pixels)
-            self._pro.add(np.array([1.0]), np.array([min(self._pro_total / self.regions, 1.0)]))
+        if "aupro" in self.names:
             values["aupro"] = self._pro.normalised()
         return {name: float(values[name]) for name in self.names}

@@ -36,10 +36,19 @@ def region_sizes(mask: Tensor) -> tuple[Tensor, int, int]:
         >>> count, anomalous, sizes[0, 0, 0].item()
         (1, 2, 2.0)
     """
-    labels, count = ndimage.label(mask.cpu().numpy(), structure=_STRUCTURE)
+    masks = mask.cpu().numpy()
+    per_pixel = np.zeros(masks.shape, dtype=np.float32)
+    flawed = np.flatnonzero(masks.reshape(len(masks), -1).any(axis=1))  # label only these images
+    if flawed.size == 0:
+        return torch.from_numpy(per_pixel).to(mask.device), 0, 0
+    whole = flawed.size == len(masks)
+    labels, count = ndimage.label(masks if whole else masks[flawed], structure=_STRUCTURE)
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     sizes[0] = 0
-    if count and int(sizes.max()) > MAX_REGION:
+    if int(sizes.max()) > MAX_REGION:
         raise MetricInputError(f"a ground-truth region has {int(sizes.max())} pixels; at most {MAX_REGION} are supported.")
-    per_pixel = np.take(sizes.astype(np.float32), labels)
+    if whole:
+        np.take(sizes.astype(np.float32), labels, out=per_pixel)
+    else:
+        per_pixel[flawed] = np.take(sizes.astype(np.float32), labels)
     return torch.from_numpy(per_pixel).to(mask.device), int(count), int(sizes.sum())

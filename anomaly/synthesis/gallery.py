@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from anomaly.config.precheck import launch
 from anomaly.synthesis.base import SynthesisConfigError, SynthesisStrategy
 from anomaly.synthesis.textures import EmptyTextureFolderError, list_images, load_rgb
 
@@ -96,15 +96,8 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """Entry point: check overrides, then run Hydra."""
-    from anomaly.config.check import ConfigError
-    from anomaly.config.precheck import precheck
-
-    try:
-        precheck("gallery", sys.argv[1:])
-    except ConfigError as error:
-        sys.exit(f"Error: {error}")
-    _hydra_main()
+    """Entry point: check overrides first, then run Hydra."""
+    launch("gallery", _hydra_main)
 
 
 if __name__ == "__main__":
