@@ -159,7 +159,7 @@ def describe(args: argparse.Namespace) -> str:
         images, bad = images + len(label), bad + int(label.sum())
     return (f"{images} maps of {args.size}x{args.size} ({pixels / 1e6:.0f} M pixels, {anomalous / pixels:.1%} anomalous), "
             f"{bad} anomalous images, {args.categories} categories, batch {args.batch}, bins {args.bins}, "
-            f"torch threads {args.threads}")
+            f"torch threads {args.threads}, median of {args.repeat} run(s)")
 
 
 def main() -> None:
@@ -172,7 +172,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of every row (1: on a shared machine OpenMP threads wait on each other)")
-    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per row")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run of a row")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per row (the median time is printed)")
     parser.add_argument("--only", nargs="*", default=[], help="rows whose label or job contains one of these")
     parser.add_argument("--job", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -188,16 +189,23 @@ def main() -> None:
         if job == "anomalib" and not anomalib_available():
             print(f"{label:40s} anomalib not installed: run {ANOMALIB_INSTALL}")
             continue
-        try:
-            done = subprocess.run([sys.executable, __file__, "--job", job, *forwarded], capture_output=True,
-                                  text=True, timeout=args.timeout, cwd=REPO)
-        except subprocess.TimeoutExpired:
-            print(f"{label:40s} {'>' + format(args.timeout, '.0f'):>8s} {'':>13s} {'':>12s}  (stopped)")
+        runs, failure = [], None
+        for _ in range(args.repeat):  # a fresh process each time; the median time, the largest RSS
+            try:
+                done = subprocess.run([sys.executable, __file__, "--job", job, *forwarded], capture_output=True,
+                                      text=True, timeout=args.timeout, cwd=REPO)
+            except subprocess.TimeoutExpired:
+                failure = f"{'>' + format(args.timeout, '.0f'):>8s} {'':>13s} {'':>12s}  (stopped)"
+                break
+            if done.returncode != 0:
+                failure = f"failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}"
+                break
+            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        if failure:
+            print(f"{label:40s} {failure}")
             continue
-        if done.returncode != 0:
-            print(f"{label:40s} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
-            continue
-        result = json.loads(done.stdout.strip().splitlines()[-1])
+        runs.sort(key=lambda r: r["time"])
+        result = {**runs[len(runs) // 2], "rss": max(r["rss"] for r in runs)}
         measured[job] = result
         above = result["rss"] - result["floor"]
         print(f"{label:40s} {result['time']:8.2f} {result['rss']:13.0f} {above:12.0f}  {_value(result['value'])}",

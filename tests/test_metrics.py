@@ -493,6 +493,9 @@ def test_parts_and_merged_runs_give_the_same_curve(part: int) -> None:
     if part < 1000:  # the 1,600 zeros fill whole buckets: summarised, not copied
         assert any(isinstance(m, Tie) for m in merged)
     assert curve_values(merged, positives, negatives, regions) == pytest.approx(expected, rel=1e-12)
+    alone = CurveAccumulator(("aupro",), positives, negatives, regions)  # stops streaming past FPR 0.3
+    stream(array_parts(whole, part), alone, with_pro=True)
+    assert alone.result()["aupro"] == pytest.approx(expected["aupro"], rel=1e-12)
 
 
 def test_torch_packing_equals_numpy_packing() -> None:

@@ -42,11 +42,11 @@ class ProArea:
         self._cut = limit * negatives  # the limit in false positives
         self._fp, self._pro = 0, 0.0  # the last point: false positives, summed region weights
         self._area = 0.0  # in false positives x PRO
-        self._done = False
+        self.done = False
 
     def add(self, q: np.ndarray, fp: np.ndarray, w: np.ndarray) -> None:
         """Append groups: tied normal pixels ``q``, cumulative ``fp`` (int64), region weights ``w``."""
-        if self._done:  # past the limit nothing matters any more
+        if self.done:  # past the limit nothing matters any more
             return
         inside = int(np.searchsorted(fp, self._cut, side="right"))  # groups ending within the limit
         q, fp, w = q[:inside + 1], fp[:inside + 1], w[:inside + 1]  # and the one that crosses it
@@ -63,12 +63,12 @@ class ProArea:
             if start[k] < self._cut:
                 y_cut = y_prev[k] + (y[k] - y_prev[k]) * (self._cut - start[k]) / q[k]
                 self._area += 0.5 * (self._cut - start[k]) * (y_prev[k] + y_cut)
-            self._done = True
+            self.done = True
         self._fp, self._pro = int(fp[-1]), float(pro[-1])
 
     def normalised(self) -> float:
         """The area up to FPR ``limit`` divided by ``limit`` (1.0 for a perfect detector)."""
         area = self._area
-        if not self._done:  # the curve ends with a horizontal run to (1, PRO of all pixels)
+        if not self.done:  # the curve ends with a horizontal run to (1, PRO of all pixels)
             area += (self._cut - self._fp) * min(self._pro / self.regions, 1.0)
         return area / self.negatives / self.limit

@@ -76,6 +76,11 @@ class CurveAccumulator:
                 raise ValueError("AUPRO needs the region weight of each group")
             self._pro.add(q, fp, w)
 
+    @property
+    def finished(self) -> bool:
+        """No later (lower-scored) group can change the requested metrics (AUPRO alone, past FPR 0.3)."""
+        return self.names == ("aupro",) and self._pro is not None and self._pro.done
+
     def result(self) -> dict[str, float]:
         """The requested metrics, after the last group."""
         values: dict[str, float] = {}

@@ -112,6 +112,8 @@ def stream(parts: Iterable[np.ndarray | Tie], accumulator: CurveAccumulator, wit
                                 tp=np.array([tp]), fp=np.array([above + part.size - tp]),
                                 w=np.array([part.weight]) if with_pro else None)
                 tp_above = tp
+                if accumulator.finished:
+                    return
             above += part.size
             continue
         payload = low_half(part)
@@ -132,6 +134,8 @@ def stream(parts: Iterable[np.ndarray | Tie], accumulator: CurveAccumulator, wit
             at_or_above = (above + part.size - lo)[::-1]  # samples scored at or above each group
             accumulator.add(p=p, q=(hi - lo)[::-1] - p, tp=tp, fp=at_or_above - tp, w=weight)
             tp_above = int(tp[-1])
+            if accumulator.finished:
+                return
         above += part.size
 
 

@@ -113,15 +113,17 @@ class DiAD(AnomalyModule):
                 "DiAD needs a trained autoencoder: set model.autoencoder.weights to a model=diad_autoencoder "
                 "last.ckpt (or a diffusers/LDM VAE), or model.autoencoder.fit_steps>0 to fit one first."
             )
+        unet_spec = dict(unet or {"preset": "sd15"})
+        # Pretrained UNet first: with SD weights missing, the error names model.unet.weights.
+        unet_model = build_unet(download=download, **unet_spec) if unet_spec.get("weights") else None
         self.autoencoder = build_autoencoder(download=download, **ae_spec)
         self.autoencoder.requires_grad_(self.ae_fit_steps > 0)
         self._ae_frozen = self.ae_fit_steps <= 0
-        unet_spec = dict(unet or {"preset": "sd15"})
-        if unet_spec.get("weights") is None:  # a fresh UNet takes the autoencoder's latent width
+        if unet_model is None:  # a fresh UNet takes the autoencoder's latent width
             latent = self.autoencoder.config.latent_channels
             unet_spec.setdefault("in_channels", latent)
             unet_spec.setdefault("out_channels", latent)
-        unet_model = build_unet(download=download, **unet_spec)
+            unet_model = build_unet(download=download, **unet_spec)
         factor = ae_downsampling(self.autoencoder)
         check_image_size(input_size, factor * 2 ** unet_downsampling(unet_model))
         branch = SemanticGuidedBranch(unet_model, control=control, sff=sff, downsampling=factor)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from anomaly.models.base import AnomalyModule
 from anomaly.nn.diffusion import autoencoder_loss, build_autoencoder
 from anomaly.nn.feature_distance import pooled_max
-from anomaly.nn.padim import gaussian_blur
+from anomaly.nn.smoothing import gaussian_blur
 
 
 class FeaturePerceptual(nn.Module):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anomaly.nn.padim import gaussian_blur
+from anomaly.nn.smoothing import gaussian_blur
 
 
 def pooled_max(anomaly_map: Tensor, pool_size: int = 8, pool_iters: int = 8) -> Tensor:

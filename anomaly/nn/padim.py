@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import kornia
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anomaly.nn.backbone import FeatureExtractor
 from anomaly.nn.gaussian import PositionalGaussian
-
-
-def gaussian_blur(anomaly_map: Tensor, sigma: float) -> Tensor:
-    """Blur B×1×H×W maps with a Gaussian of ``sigma`` pixels (kernel 2·⌊4σ+0.5⌋+1, reflect border)."""
-    if sigma <= 0:
-        return anomaly_map
-    size = 2 * int(4.0 * sigma + 0.5) + 1
-    return kornia.filters.gaussian_blur2d(anomaly_map, (size, size), (sigma, sigma), border_type="reflect")
+from anomaly.nn.smoothing import gaussian_blur
 
 
 class PadimModel(nn.Module):
