@@ -15,25 +15,33 @@ from torch import Tensor
 from anomaly.data.transforms import denormalize
 
 
-def overlay_panel(image: Tensor, anomaly_map: Tensor, mask: Tensor, low: float, high: float) -> np.ndarray:
-    """One row ``input | heatmap overlay | ground truth`` as uint8 H×3W×3 RGB.
+def overlay_panel(
+    image: Tensor, anomaly_map: Tensor, mask: Tensor, low: float, high: float, reconstruction: Tensor | None = None
+) -> np.ndarray:
+    """One row ``input | [reconstruction |] heatmap overlay | ground truth`` as uint8 RGB.
 
     Args:
         image: denormalised 3×H×W in [0, 1]; anomaly_map: 1×H×W; mask: 1×H×W in {0, 1}.
         low, high: the map values shown as the coldest and hottest colours.
+        reconstruction: denormalised 3×H×W in [0, 1] for reconstruction methods (DiAD).
     """
-    rgb = (image.permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)
+    rgb = _to_uint8(image)
     scaled = ((anomaly_map[0].float().cpu().numpy() - low) / max(high - low, 1e-12)).clip(0, 1)
     heat = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
     blended = (0.5 * rgb + 0.5 * heat).astype(np.uint8)
     truth = rgb.copy()
     edges = cv2.morphologyEx((mask[0].cpu().numpy() > 0).astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3)))
     truth[edges > 0] = (255, 0, 0)
-    return np.concatenate([rgb, blended, truth], axis=1)
+    middle = [_to_uint8(reconstruction)] if reconstruction is not None else []
+    return np.concatenate([rgb, *middle, blended, truth], axis=1)
+
+
+def _to_uint8(image: Tensor) -> np.ndarray:
+    return (image.permute(1, 2, 0).float().cpu().numpy() * 255).round().astype(np.uint8)
 
 
 class HeatmapWriter(L.Callback):
-    """Writes ``input | heatmap | mask`` panels for ``n_images`` test images per category.
+    """Writes ``input | [reconstruction |] heatmap | mask`` panels for ``n_images`` test images per category.
 
     Three quarters of the panels show the first anomalous images, a quarter the first normal ones.
 
@@ -45,7 +53,7 @@ class HeatmapWriter(L.Callback):
     def __init__(self, n_images: int = 8, dirpath: str | Path = "images") -> None:
         self.n_images = n_images
         self.dirpath = Path(dirpath)
-        self._kept: dict[str, list[tuple[Tensor, Tensor, Tensor, str, float, int]]] = defaultdict(list)
+        self._kept: dict[str, list[tuple[Tensor, Tensor, Tensor, str, float, int, Tensor | None]]] = defaultdict(list)
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._kept.clear()
@@ -64,9 +72,11 @@ class HeatmapWriter(L.Callback):
             if kept_of_label >= quota:
                 continue
             image = denormalize(batch["image"][i].detach().cpu(), mean, std)
+            recon = outputs.get("reconstruction")
+            recon = denormalize(recon[i].detach().cpu(), mean, std) if recon is not None else None
             self._kept[category].append(
                 (image, outputs["anomaly_map"][i].detach().cpu(), batch["mask"][i].cpu(), batch["path"][i],
-                 float(outputs["score"][i]), label)
+                 float(outputs["score"][i]), label, recon)
             )
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -76,8 +86,8 @@ class HeatmapWriter(L.Callback):
             values = torch.cat([entry[1].flatten() for entry in kept])
             low, high = torch.quantile(values[:: max(1, values.numel() // 1_000_000)], torch.tensor([0.01, 0.999]))
             panels, captions = [], []
-            for image, anomaly_map, mask, path, score, _ in kept:
-                panel = overlay_panel(image, anomaly_map, mask, float(low), float(high))
+            for image, anomaly_map, mask, path, score, _, recon in kept:
+                panel = overlay_panel(image, anomaly_map, mask, float(low), float(high), recon)
                 out = self.dirpath / category / f"{Path(path).parent.name}_{Path(path).stem}.png"
                 out.parent.mkdir(parents=True, exist_ok=True)
                 cv2.imwrite(str(out), panel[..., ::-1])
