@@ -182,39 +182,48 @@ def main() -> None:
         return
 
     print(describe(args))
-    print(f"{'metric':40s} {'time s':>8s} {'peak RSS MiB':>13s} {'above floor':>12s}  value")
     forwarded = [f"--{k}={getattr(args, k)}" for k in ("images", "size", "batch", "categories", "bins", "seed", "threads")]
+    selected = rows(args)
+    runs: dict[str, list[dict]] = {job: [] for _, job in selected}
+    failures: dict[str, str] = {}
+    if not anomalib_available():
+        failures["anomalib"] = f"anomalib not installed: run {ANOMALIB_INSTALL}"
+    for round_ in range(args.repeat):  # rounds over all rows, so load changes hit every row alike
+        for label, job in selected:
+            if job not in failures:
+                print(f"[{round_ + 1}/{args.repeat}] {label}", file=sys.stderr, flush=True)
+                outcome = _run(job, forwarded, args.timeout)
+                if isinstance(outcome, str):
+                    failures[job] = outcome
+                else:
+                    runs[job].append(outcome)
+    print(f"{'metric':40s} {'time s':>8s} {'peak RSS MiB':>13s} {'above floor':>12s}  value")
     measured: dict[str, dict] = {}
-    for label, job in rows(args):
-        if job == "anomalib" and not anomalib_available():
-            print(f"{label:40s} anomalib not installed: run {ANOMALIB_INSTALL}")
+    for label, job in selected:
+        if job in failures:
+            print(f"{label:40s} {failures[job]}")
             continue
-        runs, failure = [], None
-        for _ in range(args.repeat):  # a fresh process each time; the median time, the largest RSS
-            try:
-                done = subprocess.run([sys.executable, __file__, "--job", job, *forwarded], capture_output=True,
-                                      text=True, timeout=args.timeout, cwd=REPO)
-            except subprocess.TimeoutExpired:
-                failure = f"{'>' + format(args.timeout, '.0f'):>8s} {'':>13s} {'':>12s}  (stopped)"
-                break
-            if done.returncode != 0:
-                failure = f"failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}"
-                break
-            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        if failure:
-            print(f"{label:40s} {failure}")
-            continue
-        runs.sort(key=lambda r: r["time"])
-        result = {**runs[len(runs) // 2], "rss": max(r["rss"] for r in runs)}
-        measured[job] = result
+        ordered = sorted(runs[job], key=lambda r: r["time"])  # the median time, the largest RSS
+        result = measured[job] = {**ordered[len(ordered) // 2], "rss": max(r["rss"] for r in ordered)}
         above = result["rss"] - result["floor"]
-        print(f"{label:40s} {result['time']:8.2f} {result['rss']:13.0f} {above:12.0f}  {_value(result['value'])}",
-              flush=True)
+        print(f"{label:40s} {result['time']:8.2f} {result['rss']:13.0f} {above:12.0f}  {_value(result['value'])}")
     for ours, theirs in (("single:pixel_aupro", "anomalib"), ("single:pixel_auroc", "torchmetrics")):
         if ours in measured and theirs in measured:
             a, b = measured[ours], measured[theirs]
             print(f"{ours} vs {theirs}: {b['time'] / a['time']:.1f}x faster, "
                   f"{(b['rss'] - b['floor']) / (a['rss'] - a['floor']):.1f}x less memory above the floor")
+
+
+def _run(job: str, forwarded: list[str], timeout: float) -> dict | str:
+    """One run of a job in a fresh process: its result, or why it has none."""
+    try:
+        done = subprocess.run([sys.executable, __file__, "--job", job, *forwarded], capture_output=True, text=True,
+                              timeout=timeout, cwd=REPO)
+    except subprocess.TimeoutExpired:
+        return f"{'>' + format(timeout, '.0f'):>8s} {'':>13s} {'':>12s}  (stopped)"
+    if done.returncode != 0:
+        return f"failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _value(value: object) -> str:
