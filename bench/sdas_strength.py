@@ -11,7 +11,10 @@ test images, all at the DDPM's size) is embedded with the offline ImageNet Effic
 - ``ratio``: nn_dist / the held-out normal images' nn_dist (1.0 = as close as unseen normal images);
 - ``class_acc``: share of samples whose nearest training image (over all categories) is of their class.
 
-s = 0 should sit near the held-out reference; the distance should grow with s.
+Two references frame the ratios: the category's real anomalous test images (small defects on
+normal content) and the normal test images of the *other* categories (off the class entirely).
+s = 0 should sit near the held-out reference, far below the other-category one; the distance
+should grow with s.
 """
 
 from __future__ import annotations
@@ -81,14 +84,23 @@ def main() -> None:
     fx = FeatureExtractor("efficientnet_lite0", LAYERS, weights="offline")
     layout, root = MVTecLayout(), Path(args.data)
 
-    train_f, held_f, train_cls = [], {}, []
+    train_f, held_f, test_f, bad_f, train_cls = [], {}, {}, {}, []
     for ci, c in enumerate(model.categories):
+        records = layout.records(root, c, "test")
         tr = embed(fx, load([r.image for r in layout.records(root, c, "train") if r.label == 0], size))
-        te = embed(fx, load([r.image for r in layout.records(root, c, "test") if r.label == 0], size))
+        test_f[c] = embed(fx, load([r.image for r in records if r.label == 0], size))
+        bad_f[c] = embed(fx, load([r.image for r in records if r.label == 1], size))
         train_f.append(tr)
         train_cls += [ci] * len(tr)
-        held_f[c] = nn_dist(te, tr).mean().item()
+        held_f[c] = nn_dist(test_f[c], tr).mean().item()
     all_train, all_cls = torch.cat(train_f), torch.tensor(train_cls)
+    refs = {
+        "anomalous test images": np.mean([nn_dist(bad_f[c], train_f[ci]).mean().item() / held_f[c]
+                                          for ci, c in enumerate(model.categories)]),
+        "other categories' normal images": np.mean([
+            nn_dist(torch.cat([test_f[o] for o in model.categories if o != c]), train_f[ci]).mean().item() / held_f[c]
+            for ci, c in enumerate(model.categories)]) if len(model.categories) > 1 else float("nan"),
+    }
 
     rows, sample_time, n_sampled = [], 0.0, 0
     for s in strengths:
@@ -122,13 +134,15 @@ def main() -> None:
           f"{args.n} samples/category/s")
     print(f"held-out normal test images: nn_dist {held:.4f} (ratio 1.00) "
           f"[{', '.join(f'{c} {v:.3f}' for c, v in held_f.items())}]")
+    for name, ratio in refs.items():
+        print(f"{name}: ratio {ratio:.2f}")
     print(f"{'s':>6} {'nn_dist':>8} {'ratio':>6} {'±std':>6} {'class_acc':>9}")
     for r in rows:
         print(f"{r['s']:>6g} {r['nn_dist']:>8.4f} {r['ratio']:>6.2f} {r['ratio_std']:>6.2f} {r['class_acc']:>9.2f}")
     print(f"sampling: {n_sampled / sample_time:.2f} images/s ({args.steps} steps, batch {args.batch}, "
           f"{torch.get_num_threads()} threads)")
     if args.save:
-        (Path(args.save) / "results.json").write_text(json.dumps({"held_out": held_f, "rows": rows}, indent=2))
+        (Path(args.save) / "results.json").write_text(json.dumps({"held_out": held_f, "references": refs, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -114,6 +114,37 @@ def test_resume_continues_the_schedule_the_ema_and_the_latent_scale(tmp_path: Pa
     assert schedule.last_epoch == 10 and schedule.get_last_lr()[0] == pytest.approx(1e-3 * 0.9)
 
 
+class LearningRates(L.Callback):
+    """Records every parameter group's LR at the start of each training batch."""
+
+    def __init__(self) -> None:
+        self.seen: list[list[float]] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        self.seen.append([group["lr"] for group in trainer.optimizers[0].param_groups])
+
+
+def test_the_autoencoder_phase_decays_its_lr_to_zero_and_the_diffusion_phase_warms_up(tmp_path: Path) -> None:
+    model = tiny(autoencoder={**TINY_AE, "fit_steps": 4, "lr": 1e-3}, warmup_steps=2, ema=False)
+    lrs = LearningRates()
+    trainer(tmp_path, 8, callbacks=[lrs]).fit(model, datamodule=Data())
+    diffusion, autoencoder = zip(*lrs.seen, strict=True)
+    assert autoencoder[:5] == pytest.approx([1e-3, 1e-3 * 0.8536, 5e-4, 1e-3 * 0.1464, 0.0], abs=1e-7)
+    assert autoencoder[5:] == (0.0, 0.0, 0.0)
+    assert diffusion == pytest.approx([0, 0, 0, 0, 5e-4, 1e-3, 1e-3, 1e-3])
+
+
+def test_the_autoencoder_stage_can_decay_its_lr_to_zero_over_the_run(tmp_path: Path) -> None:
+    from anomaly.models.diad_autoencoder import DiADAutoencoder
+
+    with pytest.raises(ValueError, match=r"model.lr_schedule='step' is unknown"):
+        DiADAutoencoder(autoencoder=TINY_AE, lr_schedule="step")
+    lrs = LearningRates()
+    stage = DiADAutoencoder(autoencoder=TINY_AE, lr=1e-3, lr_schedule="cosine")
+    trainer(tmp_path, 4, callbacks=[lrs]).fit(stage, datamodule=Data())
+    assert [lr for (lr,) in lrs.seen] == pytest.approx([1e-3, 1e-3 * 0.8536, 5e-4, 1e-3 * 0.1464], abs=1e-7)
+
+
 def test_nan_loss_stops_with_the_step_and_a_hint(tmp_path: Path) -> None:
     model = tiny(autoencoder={**TINY_AE, "fit_steps": 1})
     with torch.no_grad():

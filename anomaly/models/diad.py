@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from anomaly.models.base import AnomalyModule
+from anomaly.models.lr_schedules import cosine_to_zero, linear_warmup
 from anomaly.nn.diffusion import (
     Conditioning,
     ControlledDenoiser,
@@ -68,7 +70,8 @@ class DiAD(AnomalyModule):
         context: ``Conditioning`` arguments (``kind``: empty|file|learned|class, ``tokens``, ...).
         scheduler: ``DDIMScheduler`` overrides of SD-1.5's schedule.
         t_start, n_steps: inference noising step and DDIM steps.
-        lr, weight_decay, warmup_steps: AdamW and a linear warm-up of the diffusion phase.
+        lr, weight_decay, warmup_steps: AdamW and a linear warm-up of the diffusion phase (the
+            autoencoder phase's LR decays to 0 by a cosine over ``fit_steps``).
         ema, ema_decay: keep an EMA of the trained weights and evaluate with it.
         latent_scale: latent multiplier; ``None``: the autoencoder's ``scaling_factor``; ``auto``:
             1/std of the first training batch's latents (LDM's ``scale_by_std``).
@@ -270,10 +273,11 @@ class DiAD(AnomalyModule):
         if self.ae_fit_steps > 0:
             groups.append({"params": list(self.autoencoder.parameters()), "lr": self.ae_lr, "weight_decay": 0.0})
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
-        if self.warmup_steps <= 0:
+        if self.warmup_steps <= 0 and self.ae_fit_steps <= 0:
             return optimizer
-        start, warmup = self.ae_fit_steps, self.warmup_steps
-        ramps = [lambda s: min(1.0, max(0.0, (s - start + 1) / warmup))] + [lambda s: 1.0] * (len(groups) - 1)
+        ramps = [partial(linear_warmup, start=self.ae_fit_steps, warmup=self.warmup_steps)]
+        if self.ae_fit_steps > 0:
+            ramps.append(partial(cosine_to_zero, steps=self.ae_fit_steps))
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, ramps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 

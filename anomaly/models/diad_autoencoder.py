@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from anomaly.models.base import AnomalyModule
+from anomaly.models.lr_schedules import cosine_to_zero
 from anomaly.nn.diffusion import autoencoder_loss, build_autoencoder
 from anomaly.nn.feature_distance import pooled_max
 from anomaly.nn.smoothing import gaussian_blur
@@ -46,6 +48,8 @@ class DiADAutoencoder(AnomalyModule):
         autoencoder: ``build_autoencoder`` arguments (``preset``, ``weights`` to fine-tune from
             an LDM/diffusers checkpoint, overrides).
         lr: AdamW learning rate; kl_weight: KL weight (LDM: 1e-6).
+        lr_schedule: ``constant`` (LDM) or ``cosine`` (to 0 over the run's steps: a short
+            from-scratch fit ends much sharper).
         perceptual: optional frozen backbone for a perceptual term; perceptual_weight: its weight.
         sigma, pool_size, pool_iters: blur and image-score pooling of the error map.
         download: allow fetching a hub id of ``autoencoder.weights``.
@@ -56,6 +60,7 @@ class DiADAutoencoder(AnomalyModule):
         self,
         autoencoder: dict[str, Any] | None = None,
         lr: float = 1e-4,
+        lr_schedule: str = "constant",
         kl_weight: float = 1e-6,
         perceptual: nn.Module | None = None,
         perceptual_weight: float = 1.0,
@@ -68,7 +73,10 @@ class DiADAutoencoder(AnomalyModule):
         super().__init__(**kwargs)
         self.autoencoder = build_autoencoder(download=download, **dict(autoencoder or {"preset": "kl-f8"}))
         self.perceptual = FeaturePerceptual(perceptual) if perceptual is not None else None
-        self.lr, self.kl_weight, self.perceptual_weight = lr, kl_weight, perceptual_weight
+        if lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"model.lr_schedule={lr_schedule!r} is unknown; use constant or cosine.")
+        self.lr, self.lr_schedule = lr, lr_schedule
+        self.kl_weight, self.perceptual_weight = kl_weight, perceptual_weight
         self.sigma, self.pool_size, self.pool_iters = sigma, pool_size, pool_iters
         self.last_reconstruction: Tensor | None = None
 
@@ -101,5 +109,10 @@ class DiADAutoencoder(AnomalyModule):
         self.log_dict({f"train/{k}": v for k, v in parts.items()}, batch_size=image.shape[0])
         return loss
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.autoencoder.parameters(), lr=self.lr, betas=(0.5, 0.9))
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.AdamW(self.autoencoder.parameters(), lr=self.lr, betas=(0.5, 0.9))
+        if self.lr_schedule == "constant":
+            return optimizer
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(cosine_to_zero, steps=total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
