@@ -173,6 +173,17 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "last.ckpt"
 
 
+def test_cosine_lr_schedule_decays_to_zero_by_max_steps(tmp_path: Path) -> None:
+    with pytest.raises(DDPMConfigError, match=r"model.lr_schedule='linear' is unknown"):
+        DDPM(unet={"preset": "tiny"}, lr_schedule="linear")
+    model = DDPM(unet={"preset": "tiny"}, lr=1e-3, lr_schedule="cosine", ema_decay=None)
+    trainer = L.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=TinyData())
+    schedule = trainer.lr_scheduler_configs[0].scheduler
+    assert schedule.last_epoch == 4 and schedule.get_last_lr()[0] == 0.0
+
+
 def test_checkpoint_keeps_categories_and_size_and_reloads(ckpt: Path) -> None:
     model = DDPM.load(ckpt)
     assert model.categories == CATS and model.hparams.image_size == SIZE and model.ema_unet is not None
@@ -294,7 +305,7 @@ def test_train_then_synthesize_commands_end_to_end(tmp_path: Path) -> None:
         return out
 
     run("anomaly.train", "model=ddpm", "model.unet.preset=tiny", f"data.root={data}", "data.prepare=null",
-        "data.image_size=16", "data.num_workers=0", "logger=none", "+trainer.max_steps=2",
+        "data.image_size=16", "data.num_workers=0", "logger=none", "trainer.max_steps=2",
         "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'run'}")
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert DDPM.load(ckpt).categories == sorted(p.name for p in data.iterdir() if p.is_dir())

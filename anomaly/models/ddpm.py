@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from lightning.pytorch import LightningModule
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from anomaly.models.lr_schedules import cosine_to_zero
 from anomaly.nn.ddpm import DDPMConfigError, build_scheduler, build_unet, diffusion_loss
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -43,6 +45,8 @@ class DDPM(LightningModule):
         beta_schedule: diffusers beta schedule name (``linear``).
         vlb_weight: weight of the VLB term of the hybrid loss (1.0 = guided-diffusion at T = 1000).
         lr: Adam learning rate. weight_decay: Adam weight decay.
+        lr_schedule: ``constant`` (guided-diffusion) or ``cosine`` (to 0 over the run's steps, set
+            by ``trainer.max_steps``: a short run ends much closer to its best).
         ema_decay: decay of the EMA copy used for sampling (``None`` = no EMA; warm-up
             ``min(decay, (1+n)/(10+n))``).
         pixel_mean, pixel_std: the data module's normalisation, undone to get images in [-1, 1].
@@ -51,9 +55,12 @@ class DDPM(LightningModule):
     def __init__(self, categories: Sequence[str] | None = None, image_size: int | Sequence[int] | None = None,
                  unet: dict[str, Any] | None = None, learned_variance: bool = True,
                  num_train_timesteps: int = 1000, beta_schedule: str = "linear", vlb_weight: float = 1.0,
-                 lr: float = 1e-4, weight_decay: float = 0.0, ema_decay: float | None = 0.9999,
+                 lr: float = 1e-4, weight_decay: float = 0.0, lr_schedule: str = "constant",
+                 ema_decay: float | None = 0.9999,
                  pixel_mean: Sequence[float] = IMAGENET_MEAN, pixel_std: Sequence[float] = IMAGENET_STD) -> None:
         super().__init__()
+        if lr_schedule not in ("constant", "cosine"):
+            raise DDPMConfigError(f"model.lr_schedule={lr_schedule!r} is unknown; use constant or cosine.")
         self.save_hyperparameters()
         self.hparams["categories"] = list(_plain(categories)) if categories is not None else None
         self.hparams["image_size"] = _plain(image_size)
@@ -98,9 +105,14 @@ class DDPM(LightningModule):
             self.hparams["image_size"] = _plain(size)
         self._build()
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """Adam over the UNet (the EMA copy is not optimised)."""
-        return torch.optim.Adam(self.unet.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+    def configure_optimizers(self) -> Any:
+        """Adam over the UNet (the EMA copy is not optimised), optionally cosine-decayed."""
+        optimizer = torch.optim.Adam(self.unet.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.get("lr_schedule", "constant") == "constant":
+            return optimizer
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(cosine_to_zero, steps=total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # ------------------------------------------------------------------ training
     def to_model_range(self, image: torch.Tensor) -> torch.Tensor:
