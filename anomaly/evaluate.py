@@ -63,7 +63,8 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float | None]]:
         payload = load_checkpoint(path)
         run = OmegaConf.create(payload["anomaly_config"])
         data_cfg = OmegaConf.merge(run.data, cfg.get("data") or {})
-        model_cfg = OmegaConf.merge(run.model, cfg.get("metrics") or {})
+        # Rebuild without pretrained files (the checkpoint holds every weight), then the metric options.
+        model_cfg = OmegaConf.merge(run.model, payload.get("anomaly_restore") or {}, cfg.get("metrics") or {})
         L.seed_everything(cfg.seed, workers=True)
         categories = payload.get("anomaly_categories") or data_cfg.category
         datamodule = instantiate(data_cfg, category=categories, synthesis=None)

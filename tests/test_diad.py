@@ -185,18 +185,24 @@ def test_inference_is_batch_independent_and_class_conditioning_needs_known_categ
 
 @pytest.mark.skipif(os.environ.get("ANOMALY_FAST") == "1", reason="end-to-end run")
 def test_train_then_evaluate_reproduces_the_metrics(synthetic_root: Path, tmp_path: Path) -> None:
+    """...even after the pretrained weights file the run was built from is gone."""
+    from anomaly.nn.backbone import offline_state_dict
+
     run_dir, eval_dir = tmp_path / "run", tmp_path / "eval"
+    weights = tmp_path / "lite0.pth"
+    torch.save(offline_state_dict("efficientnet_lite0"), weights)
     env = {**os.environ, "ANOMALY_ROOT": str(tmp_path), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     tiny_args = [f"+model.unet.{k}={json.dumps(v).replace(' ', '')}" for k, v in TINY_UNET.items()
                  if k not in ("preset", "layers_per_block")]
     train = [sys.executable, "-m", "anomaly.train", "experiment=diad_cpu", f"data.root={synthetic_root}",
              "data.category=[capsule,fabric]", "data.prepare=null", "data.image_size=32", "data.num_workers=0",
              "trainer.max_steps=6", "model.autoencoder.fit_steps=3", "model.n_steps=2", *tiny_args,
-             "model.scoring.resize=null",
+             "model.scoring.resize=null", f"model.backbone.weights={weights}",
              "+model.autoencoder.block_out_channels=[16,16,16]", "model.unet.layers_per_block=1",
              "callbacks.heatmaps.n_images=1", "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"]
     result = subprocess.run(train, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    weights.unlink()  # evaluate rebuilds from the architecture stored in the checkpoint
     evaluate = [sys.executable, "-m", "anomaly.evaluate", f"ckpt_path={run_dir}", f"hydra.run.dir={eval_dir}"]
     result = subprocess.run(evaluate, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

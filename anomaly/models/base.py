@@ -97,3 +97,11 @@ class AnomalyModule(L.LightningModule):
         """Record the method and its categories so a checkpoint can be re-tested on its own."""
         checkpoint["anomaly_method"] = f"{type(self).__module__}.{type(self).__qualname__}"
         checkpoint["anomaly_categories"] = list(self.categories)
+        checkpoint["anomaly_restore"] = self.restore_overrides()
+
+    def restore_overrides(self) -> dict[str, Any]:
+        """Overrides of the run's ``model`` config that rebuild this model without reading any
+        pretrained file (backbone, UNet or autoencoder weights): ``anomaly.evaluate`` applies them
+        before loading the checkpoint, which holds every weight, so a checkpoint re-tests after
+        those files are gone. Default: none."""
+        return {}

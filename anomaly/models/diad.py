@@ -20,6 +20,7 @@ from anomaly.nn.diffusion import (
     ModuleEMA,
     SemanticGuidedBranch,
     WeightsError,
+    architecture_of,
     autoencoder_loss,
     build_autoencoder,
     build_unet,
@@ -111,7 +112,7 @@ class DiAD(AnomalyModule):
         self.ae_fit_steps = int(ae_spec.pop("fit_steps", 0))
         self.ae_lr = float(ae_spec.pop("lr", 1e-4))
         self.kl_weight = float(ae_spec.pop("kl_weight", 1e-6))
-        if ae_spec.get("weights") is None and self.ae_fit_steps <= 0:
+        if ae_spec.get("weights") is None and ae_spec.get("architecture") is None and self.ae_fit_steps <= 0:
             raise WeightsError(
                 "DiAD needs a trained autoencoder: set model.autoencoder.weights to a model=diad_autoencoder "
                 "last.ckpt (or a diffusers/LDM VAE), or model.autoencoder.fit_steps>0 to fit one first."
@@ -266,6 +267,14 @@ class DiAD(AnomalyModule):
         if self.ema is not None and step > self.ae_fit_steps and step != self._last_ema_step:
             self.ema.update()
             self._last_ema_step = step
+
+    def restore_overrides(self) -> dict[str, Any]:
+        """Rebuild the UNet and autoencoder from their stored architectures, the backbone untouched."""
+        return {
+            "backbone": {"weights": "none"},
+            "unet": {"architecture": architecture_of(self.denoiser.unet)},
+            "autoencoder": {"architecture": architecture_of(self.autoencoder)},
+        }
 
     def configure_optimizers(self) -> Any:
         params = [p for m in self.denoiser.trainable_modules().values() for p in m.parameters()]

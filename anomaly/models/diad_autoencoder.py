@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from anomaly.models.base import AnomalyModule
 from anomaly.models.lr_schedules import cosine_to_zero
-from anomaly.nn.diffusion import autoencoder_loss, build_autoencoder
+from anomaly.nn.diffusion import architecture_of, autoencoder_loss, build_autoencoder
 from anomaly.nn.feature_distance import pooled_max
 from anomaly.nn.smoothing import gaussian_blur
 
@@ -108,6 +108,13 @@ class DiADAutoencoder(AnomalyModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=image.shape[0])
         self.log_dict({f"train/{k}": v for k, v in parts.items()}, batch_size=image.shape[0])
         return loss
+
+    def restore_overrides(self) -> dict[str, Any]:
+        """Rebuild the autoencoder (and a perceptual backbone) without reading weights files."""
+        overrides: dict[str, Any] = {"autoencoder": {"architecture": architecture_of(self.autoencoder)}}
+        if self.perceptual is not None:
+            overrides["perceptual"] = {"weights": "none"}
+        return overrides
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.AdamW(self.autoencoder.parameters(), lr=self.lr, betas=(0.5, 0.9))

@@ -57,5 +57,9 @@ class Padim(AnomalyModule):
     def on_train_epoch_end(self) -> None:
         self.model.gaussian.finalize(reduce=self.trainer.world_size > 1)
 
+    def restore_overrides(self) -> dict[str, Any]:
+        """The backbone's weights are in the checkpoint: do not re-read them."""
+        return {"backbone": {"weights": "none"}}
+
     def configure_optimizers(self) -> None:
         return None

@@ -5,6 +5,7 @@ from anomaly.nn.diffusion.context import Conditioning
 from anomaly.nn.diffusion.control import SemanticGuidedBranch, residual_layout
 from anomaly.nn.diffusion.denoiser import ControlledDenoiser
 from anomaly.nn.diffusion.ema import ModuleEMA
+from anomaly.nn.diffusion.presets import architecture_of
 from anomaly.nn.diffusion.sampling import ddim_reconstruct, make_scheduler, q_sample
 from anomaly.nn.diffusion.sff import SpatialFeatureFusion
 from anomaly.nn.diffusion.unet import build_unet
@@ -17,6 +18,7 @@ __all__ = [
     "SemanticGuidedBranch",
     "SpatialFeatureFusion",
     "WeightsError",
+    "architecture_of",
     "autoencoder_loss",
     "build_autoencoder",
     "build_unet",

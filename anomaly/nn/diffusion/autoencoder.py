@@ -18,7 +18,11 @@ _LDM_PREFIXES = ("first_stage_model.", "encoder.down.", "vae.encoder.")
 
 
 def build_autoencoder(
-    preset: str = "kl-f8", weights: str | None = None, download: bool = False, **overrides: Any
+    preset: str = "kl-f8",
+    weights: str | None = None,
+    download: bool = False,
+    architecture: dict[str, Any] | None = None,
+    **overrides: Any,
 ) -> AutoencoderKL:
     """A KL autoencoder of a preset's layout, random or loaded from ``weights``.
 
@@ -29,11 +33,16 @@ def build_autoencoder(
             folder); an original LDM/SD checkpoint file (KL-f8, converted); or a hub id (cache only
             unless ``download``).
         download: allow fetching a hub id from the Hugging Face hub.
+        architecture: a complete diffusers config (what ``architecture_of`` returns, as stored in
+            checkpoints for re-testing): build exactly it, randomly initialised, reading no file;
+            ``preset``, ``weights`` and ``overrides`` are then ignored.
         **overrides: ``AutoencoderKL`` arguments replacing the preset's.
 
     Raises:
         WeightsError: ``weights`` points at nothing usable.
     """
+    if architecture is not None:
+        return AutoencoderKL.from_config(dict(architecture))
     config = resolve(AUTOENCODER_PRESETS, preset, "model.autoencoder.preset", **overrides)
     if weights is None:
         return AutoencoderKL(**config)

@@ -103,3 +103,16 @@ def resolve(presets: dict[str, dict[str, Any]], name: str, option: str, **overri
     for key, value in overrides.items():
         config[key] = tuple(value) if isinstance(value, list) else value
     return config
+
+
+def architecture_of(model: Any) -> dict[str, Any]:
+    """A diffusers model's public config as plain Python (lists, no ``_``-keys).
+
+    ``build_unet(architecture=...)`` / ``build_autoencoder(architecture=...)`` rebuild exactly this
+    architecture without reading any weights file (checkpoints store it for re-testing).
+    """
+    return {
+        key: list(value) if isinstance(value, tuple) else value
+        for key, value in dict(model.config).items()
+        if not key.startswith("_")
+    }

@@ -15,7 +15,11 @@ OPTION = "model.unet.weights"
 
 
 def build_unet(
-    preset: str = "sd15", weights: str | None = None, download: bool = False, **overrides: Any
+    preset: str = "sd15",
+    weights: str | None = None,
+    download: bool = False,
+    architecture: dict[str, Any] | None = None,
+    **overrides: Any,
 ) -> UNet2DConditionModel:
     """A UNet of a preset's layout, randomly initialised or loaded from ``weights``.
 
@@ -25,8 +29,13 @@ def build_unet(
             is used), a UNet folder, an original SD/LDM checkpoint file, or a hub id (cache only
             unless ``download``).
         download: allow fetching a hub id from the Hugging Face hub.
+        architecture: a complete diffusers config (what ``architecture_of`` returns, as stored in
+            checkpoints for re-testing): build exactly it, randomly initialised, reading no file;
+            ``preset``, ``weights`` and ``overrides`` are then ignored.
         **overrides: ``UNet2DConditionModel`` arguments replacing the preset's.
     """
+    if architecture is not None:
+        return UNet2DConditionModel.from_config(dict(architecture))
     config = resolve(UNET_PRESETS, preset, "model.unet.preset", **overrides)
     if weights is None:
         return UNet2DConditionModel(**config)
