@@ -12,6 +12,19 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread(request: pytest.FixtureRequest):
+    """One intra-op thread for modules marked ``pytestmark = pytest.mark.one_thread``: small nets gain
+    nothing from two, and on a busy 2-core machine two threads thrash (10-40× slower)."""
+    if request.node.get_closest_marker("one_thread") is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded synthetic data set at its default size (all categories, 256 px)."""

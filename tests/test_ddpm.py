@@ -33,13 +33,7 @@ SIZE = 16
 CATS = ["capsule", "wood"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: tiny nets gain nothing from two, and on a busy 2-core machine they lose 10×."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.one_thread
 
 
 def tiny_unet(learned: bool = True, classes: int = 2) -> torch.nn.Module:

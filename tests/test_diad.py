@@ -26,13 +26,7 @@ TINY_AE = {"preset": "cpu", "block_out_channels": [16, 16, 16]}
 CATEGORIES = ["a", "b"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on the shared 2-core machine two threads thrash when others are busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.one_thread
 
 
 class Images(Dataset):

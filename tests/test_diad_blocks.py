@@ -22,14 +22,7 @@ from anomaly.nn.diffusion import (
 from anomaly.nn.diffusion.control import hint_channels
 from anomaly.nn.feature_distance import FeatureDistance, pooled_max
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on the shared 2-core machine two threads thrash when others are busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.one_thread
 
 
 TINY = {

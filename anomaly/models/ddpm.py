@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import torch
 from lightning.pytorch import LightningModule
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from anomaly.models.lr_schedules import cosine_to_zero
+from anomaly.models.lr_schedules import check_schedule, over_run
 from anomaly.nn.ddpm import DDPMConfigError, build_scheduler, build_unet, diffusion_loss
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -59,8 +58,7 @@ class DDPM(LightningModule):
                  ema_decay: float | None = 0.9999,
                  pixel_mean: Sequence[float] = IMAGENET_MEAN, pixel_std: Sequence[float] = IMAGENET_STD) -> None:
         super().__init__()
-        if lr_schedule not in ("constant", "cosine"):
-            raise DDPMConfigError(f"model.lr_schedule={lr_schedule!r} is unknown; use constant or cosine.")
+        check_schedule(lr_schedule, DDPMConfigError)
         self.save_hyperparameters()
         self.hparams["categories"] = list(_plain(categories)) if categories is not None else None
         self.hparams["image_size"] = _plain(image_size)
@@ -108,11 +106,7 @@ class DDPM(LightningModule):
     def configure_optimizers(self) -> Any:
         """Adam over the UNet (the EMA copy is not optimised), optionally cosine-decayed."""
         optimizer = torch.optim.Adam(self.unet.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        if self.hparams.get("lr_schedule", "constant") == "constant":
-            return optimizer
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(cosine_to_zero, steps=total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return over_run(optimizer, self.hparams.get("lr_schedule", "constant"), self.trainer.estimated_stepping_batches)
 
     # ------------------------------------------------------------------ training
     def to_model_range(self, image: torch.Tensor) -> torch.Tensor:

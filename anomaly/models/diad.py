@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from anomaly.models.base import AnomalyModule
-from anomaly.models.lr_schedules import cosine_to_zero, linear_warmup
+from anomaly.models.lr_schedules import cosine_to_zero, linear_warmup, per_step
 from anomaly.nn.diffusion import (
     Conditioning,
     ControlledDenoiser,
@@ -284,11 +284,10 @@ class DiAD(AnomalyModule):
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
         if self.warmup_steps <= 0 and self.ae_fit_steps <= 0:
             return optimizer
-        ramps = [partial(linear_warmup, start=self.ae_fit_steps, warmup=self.warmup_steps)]
+        factors = [partial(linear_warmup, start=self.ae_fit_steps, warmup=self.warmup_steps)]
         if self.ae_fit_steps > 0:
-            ramps.append(partial(cosine_to_zero, steps=self.ae_fit_steps))
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, ramps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+            factors.append(partial(cosine_to_zero, steps=self.ae_fit_steps))
+        return per_step(optimizer, factors)
 
     # -- EMA weights for evaluation and the batch's categories for class conditioning -------------
     def _use_ema(self, on: bool) -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from anomaly.models.base import AnomalyModule
-from anomaly.models.lr_schedules import cosine_to_zero
+from anomaly.models.lr_schedules import check_schedule, over_run
 from anomaly.nn.diffusion import architecture_of, autoencoder_loss, build_autoencoder
 from anomaly.nn.feature_distance import pooled_max
 from anomaly.nn.smoothing import gaussian_blur
@@ -73,9 +72,7 @@ class DiADAutoencoder(AnomalyModule):
         super().__init__(**kwargs)
         self.autoencoder = build_autoencoder(download=download, **dict(autoencoder or {"preset": "kl-f8"}))
         self.perceptual = FeaturePerceptual(perceptual) if perceptual is not None else None
-        if lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"model.lr_schedule={lr_schedule!r} is unknown; use constant or cosine.")
-        self.lr, self.lr_schedule = lr, lr_schedule
+        self.lr, self.lr_schedule = lr, check_schedule(lr_schedule)
         self.kl_weight, self.perceptual_weight = kl_weight, perceptual_weight
         self.sigma, self.pool_size, self.pool_iters = sigma, pool_size, pool_iters
         self.last_reconstruction: Tensor | None = None
@@ -118,8 +115,4 @@ class DiADAutoencoder(AnomalyModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.AdamW(self.autoencoder.parameters(), lr=self.lr, betas=(0.5, 0.9))
-        if self.lr_schedule == "constant":
-            return optimizer
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(cosine_to_zero, steps=total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return over_run(optimizer, self.lr_schedule, self.trainer.estimated_stepping_batches)
