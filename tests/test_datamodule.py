@@ -94,3 +94,21 @@ def test_crop_larger_than_image_is_refused(synthetic_root: Path) -> None:
     dm = AnomalyDataModule(synthetic_root, MVTecLayout(), image_size=64, crop_size=80)
     with pytest.raises(ValueError, match=r"data\.crop_size=80 is larger than data\.image_size=64"):
         dm.dataset("test")
+
+
+def test_synthesised_training_images_carry_their_normal_source(synthetic_root: Path) -> None:
+    from anomaly.synthesis import CutPaste
+
+    plain = AnomalyDataModule(synthetic_root, MVTecLayout(), category="wood", image_size=64, batch_size=4)
+    synthesised = AnomalyDataModule(synthetic_root, MVTecLayout(), category="wood", image_size=64, batch_size=4,
+                                    synthesis=CutPaste(normal_probability=0.5))
+    torch.manual_seed(0)  # the same shuffle for both loaders
+    normal = next(iter(plain.train_dataloader()))
+    assert "source" not in normal  # without a strategy the batch is unchanged
+    torch.manual_seed(0)
+    batch = next(iter(synthesised.train_dataloader()))
+    torch.testing.assert_close(batch["source"], normal["image"])
+    outside = (batch["mask"] == 0).expand_as(batch["image"])
+    assert torch.equal(batch["image"][outside], batch["source"][outside])
+    changed = (batch["image"] != batch["source"]).flatten(1).any(1)
+    assert torch.equal(changed, batch["label"].bool()) and bool(changed.any())

@@ -206,3 +206,35 @@ def test_train_then_evaluate_reproduces_the_metrics(synthetic_root: Path, tmp_pa
     for category, values in trained["categories"].items():
         for name, value in values.items():
             assert again["categories"][category][name] == pytest.approx(value, abs=1e-6), (category, name)
+
+
+def test_with_a_synthesis_source_the_denoiser_learns_to_repair(monkeypatch: pytest.MonkeyPatch) -> None:
+    import anomaly.models.diad as diad
+
+    model = tiny(ema=False, scheduler={"prediction_type": "sample"})
+    model.ae_fit_steps, model._ae_frozen = 0, True
+    model.latent_scale.fill_(1.0)
+    monkeypatch.setattr(model, "encode", lambda image, sample=False: torch.nn.functional.avg_pool2d(image, 4))
+    noised: list[torch.Tensor] = []
+    monkeypatch.setattr(diad, "q_sample", lambda s, z, t, n: noised.append(z) or s.add_noise(z, n, t))
+    seen: dict[str, torch.Tensor] = {}
+
+    def denoiser(output: str):
+        def run(x_t: torch.Tensor, t: torch.Tensor, hint: torch.Tensor, labels: Any = None) -> torch.Tensor:
+            seen["hint"] = hint
+            return model.encode(source if output == "source" else image)
+        return run
+
+    source = Images().images[:4]
+    image = source.clone()
+    image[1::2, :, 8:16, 8:16] = 3.0  # a synthetic anomaly on rows 1 and 3
+    batch = {"image": image, "source": source, "label": torch.tensor([0, 1, 0, 1]), "category": ["a"] * 4}
+    monkeypatch.setattr(model.denoiser, "forward", denoiser("source"))
+    repaired = model.training_step(batch, 0)
+    assert torch.equal(seen["hint"], image)  # the SG branch sees the anomaly...
+    torch.testing.assert_close(noised[-1], model.encode(image))  # ...and so does the noisy latent
+    assert float(repaired) < 1e-10  # but the target is the normal source
+    monkeypatch.setattr(model.denoiser, "forward", denoiser("image"))
+    assert float(model.training_step(batch, 0)) > 0.01  # reproducing the anomaly is penalised
+    # Without a source (no synthesis) the target is the image itself: the paper's training.
+    assert float(model.training_step({**batch, "source": None}, 0)) < 1e-10

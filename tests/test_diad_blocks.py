@@ -20,6 +20,8 @@ from anomaly.nn.diffusion import (
     q_sample,
 )
 from anomaly.nn.diffusion.control import hint_channels
+from anomaly.nn.diffusion.presets import DiffusionConfigError
+from anomaly.nn.diffusion.sampling import denoising_target
 from anomaly.nn.feature_distance import FeatureDistance, pooled_max
 
 pytestmark = pytest.mark.one_thread
@@ -39,11 +41,11 @@ def count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def tiny_denoiser(control: str = "mid", sff: bool = True, seed: int = 0) -> ControlledDenoiser:
+def tiny_denoiser(control: str = "mid", sff: bool = True, seed: int = 0, train_encoder: bool = False) -> ControlledDenoiser:
     torch.manual_seed(seed)
     unet = build_unet("cpu", **TINY)
     branch = SemanticGuidedBranch(unet, control=control, sff=sff, downsampling=4)
-    return ControlledDenoiser(unet, branch, Conditioning("empty", dim=16))
+    return ControlledDenoiser(unet, branch, Conditioning("empty", dim=16), train_encoder=train_encoder)
 
 
 def inputs(batch: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -95,6 +97,17 @@ def test_gradients_reach_only_the_trainable_parts() -> None:
         assert sum(float(g.abs().sum()) for g in grads) > 0
 
 
+def test_a_from_scratch_unet_can_train_its_encoder_too() -> None:
+    denoiser = tiny_denoiser("mid", train_encoder=True)
+    x, t, hint = inputs()
+    (denoiser(x, t, hint) - x).pow(2).mean().backward()
+    unet = denoiser.unet
+    for module in [unet.conv_in, unet.time_embedding, unet.down_blocks, unet.mid_block, unet.up_blocks]:
+        assert all(p.grad is not None for p in module.parameters())
+    assert "unet" in denoiser.trainable_modules()  # so the optimiser and the EMA cover the encoder
+    assert "unet" not in tiny_denoiser("mid").trainable_modules()
+
+
 def test_mid_control_only_feeds_the_last_level_and_the_middle_block() -> None:
     denoiser = tiny_denoiser("mid")
     with torch.no_grad():
@@ -139,6 +152,27 @@ def test_ddim_round_trip_with_a_perfect_noise_predictor_recovers_z0(spacing: str
     # A predictor that is wrong does not: the test can fail.
     wrong = ddim_reconstruct(lambda x, t: torch.zeros_like(x), scheduler, z0, t_start, n_steps)
     assert (wrong - z0).abs().mean() > 0.1
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "sample", "v_prediction"])
+def test_the_denoising_target_leads_ddim_from_an_anomalous_latent_to_its_normal_source(kind: str) -> None:
+    scheduler = make_scheduler(prediction_type=kind)
+    g = torch.Generator().manual_seed(0)
+    normal, anomalous, noise = (torch.randn(3, 4, 8, 8, generator=g) for _ in range(3))
+    t = torch.tensor([10, 500, 990])
+    # Noised from its own latent, the target is the usual one...
+    x_t = q_sample(scheduler, normal, t, noise)
+    usual = {"epsilon": noise, "sample": normal, "v_prediction": scheduler.get_velocity(normal, noise, t)}[kind]
+    torch.testing.assert_close(denoising_target(scheduler, normal, noise, t, x_t), usual, rtol=1e-4, atol=1e-4)
+    # ...noised from an anomaly, DDIM's x̂0 of the target is the normal source, not the anomaly.
+    x_t = q_sample(scheduler, anomalous, t, noise)
+    target = denoising_target(scheduler, normal, noise, t, x_t)
+    for i in range(3):
+        scheduler.set_timesteps(1000)
+        step = scheduler.step(target[i : i + 1], int(t[i]), x_t[i : i + 1], eta=0.0)
+        torch.testing.assert_close(step.pred_original_sample, normal[i : i + 1], rtol=1e-3, atol=1e-3)
+    with pytest.raises(DiffusionConfigError, match="prediction_type"):
+        denoising_target(make_scheduler(prediction_type="flow"), normal, noise, t, x_t)
 
 
 def test_noising_to_999_keeps_about_seven_percent_of_the_signal_and_bad_t_start_fails() -> None:

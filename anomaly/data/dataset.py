@@ -25,8 +25,9 @@ class AnomalyDataset(Dataset):
         records: what to load (from a layout reader).
         image_size: resize target; ``crop_size``: optional centre crop after the resize.
         synthesis: optional strategy ``(image, rng, category) -> (image, mask)`` applied after the
-            geometry and before normalisation (training only); its mask becomes ``mask`` and
-            ``label`` is 1 when the mask has any pixel.
+            geometry and before normalisation (training only); its mask becomes ``mask``,
+            ``label`` is 1 when the mask has any pixel, and ``source`` holds the image before the
+            synthesis (the normal target of methods that learn to repair anomalies).
     """
 
     def __init__(
@@ -56,7 +57,9 @@ class AnomalyDataset(Dataset):
         out = self.geometry(image=image, mask=mask)
         image, mask = out["image"], out["mask"].astype(np.float32)
         label = record.label
+        extra: dict[str, Any] = {}
         if self.synthesis is not None:
+            extra["source"] = to_tensor(image, self.mean, self.std)
             # Drawn from torch's generator: deterministic under a seed, different per epoch and worker.
             rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
             image, mask = self.synthesis(image, rng, record.category)
@@ -69,6 +72,7 @@ class AnomalyDataset(Dataset):
             "category": record.category,
             "defect": record.defect,
             "path": str(record.image),
+            **extra,
         }
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from anomaly.models.base import AnomalyModule
@@ -30,7 +31,7 @@ from anomaly.nn.diffusion import (
 )
 from anomaly.nn.diffusion.autoencoder import downsampling as ae_downsampling
 from anomaly.nn.diffusion.presets import DiffusionConfigError
-from anomaly.nn.diffusion.sampling import check_t_start, sample_timesteps
+from anomaly.nn.diffusion.sampling import check_t_start, denoising_target, sample_timesteps
 from anomaly.nn.diffusion.unet import downsampling as unet_downsampling
 from anomaly.nn.feature_distance import FeatureDistance
 
@@ -56,7 +57,9 @@ class DiAD(AnomalyModule):
     """Reconstruct the image through a controlled latent diffusion model; score feature differences.
 
     Training: ε-MSE on latents of normal images; only the SG branch (ControlNet copy, hint encoder,
-    zero convs, SFF), the UNet decoder + output head and a learned context are trained. With
+    zero convs, SFF), the UNet decoder + output head and a learned context are trained. With a
+    synthesis strategy (``synthesis=perlin`` …) the noisy latent and the hint come from the synthetic
+    anomaly and the target from its normal source, so the denoiser learns to repair. With
     ``autoencoder.fit_steps > 0`` the first steps fit the autoencoder instead (L1 + KL), for presets
     without a pretrained one. Inference: encode, noise to ``t_start``, ``n_steps`` DDIM steps with
     the image as hint at every step (no classifier-free guidance), decode, and compare pretrained
@@ -65,7 +68,8 @@ class DiAD(AnomalyModule):
     Args:
         backbone: frozen feature extractor for scoring (``model.backbone``).
         input_size: side or (height, width) the model sees, checked against the downsampling.
-        unet: ``build_unet`` arguments: ``preset`` (``sd15``|``cpu``), ``weights``, overrides.
+        unet: ``build_unet`` arguments: ``preset`` (``sd15``|``cpu``), ``weights``, overrides, and
+            ``train_encoder`` (train the whole UNet; for one trained from scratch).
         autoencoder: ``build_autoencoder`` arguments plus ``fit_steps``, ``lr``, ``kl_weight``.
         control: ``mid`` (official) or ``all``; sff: use the SFF block.
         context: ``Conditioning`` arguments (``kind``: empty|file|learned|class, ``tokens``, ...).
@@ -118,6 +122,7 @@ class DiAD(AnomalyModule):
                 "last.ckpt (or a diffusers/LDM VAE), or model.autoencoder.fit_steps>0 to fit one first."
             )
         unet_spec = dict(unet or {"preset": "sd15"})
+        train_encoder = bool(unet_spec.pop("train_encoder", False))
         # Pretrained UNet first: with SD weights missing, the error names model.unet.weights.
         unet_model = build_unet(download=download, **unet_spec) if unet_spec.get("weights") else None
         self.autoencoder = build_autoencoder(download=download, **ae_spec)
@@ -132,7 +137,7 @@ class DiAD(AnomalyModule):
         check_image_size(input_size, factor * 2 ** unet_downsampling(unet_model))
         branch = SemanticGuidedBranch(unet_model, control=control, sff=sff, downsampling=factor)
         conditioning = Conditioning(dim=unet_model.config.cross_attention_dim, **dict(context or {}))
-        self.denoiser = ControlledDenoiser(unet_model, branch, conditioning)
+        self.denoiser = ControlledDenoiser(unet_model, branch, conditioning, train_encoder)
         self.scheduler = make_scheduler(**dict(scheduler or {}))
         self.sampler = make_scheduler(**dict(scheduler or {}))
         check_t_start(self.sampler, t_start, n_steps)
@@ -149,6 +154,7 @@ class DiAD(AnomalyModule):
         self._batch_categories: list[str] | None = None
         self._ema_swapped = False
         self._last_ema_step = -1
+        self._warned_repair = False
         self.last_reconstruction: Tensor | None = None
 
     # -- latents ----------------------------------------------------------------------------------
@@ -239,19 +245,26 @@ class DiAD(AnomalyModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         image = batch["image"]
+        # With a synthesis strategy the batch also holds each image's normal ``source``: the
+        # autoencoder learns normal images and the denoiser learns to repair the synthetic anomalies.
+        source = batch.get("source")
+        normal = image if source is None else source
         if self.global_step < self.ae_fit_steps and not self._ae_frozen:
-            loss, parts, _ = autoencoder_loss(self.autoencoder, image, self.kl_weight)
+            loss, parts, _ = autoencoder_loss(self.autoencoder, normal, self.kl_weight)
             self.log_dict({f"train/ae_{k}": v for k, v in parts.items()}, batch_size=image.shape[0])
             name = "train/ae_loss"
         else:
-            self._start_diffusion_phase(image)
+            self._start_diffusion_phase(normal)
             with torch.no_grad():
-                z0 = self.encode(image, sample=True)
+                z0 = self.encode(normal, sample=True)
+                z_in = z0 if source is None else self._synthetic_latents(image, z0, batch["label"])
             noise = torch.randn_like(z0)
             t = sample_timesteps(self.scheduler, z0.shape[0], z0.device)
             labels = self._labels(batch.get("category"), image.device)
-            prediction = self.denoiser(q_sample(self.scheduler, z0, t, noise), t, image, labels)
-            loss = F.mse_loss(prediction.float(), noise.float())
+            x_t = q_sample(self.scheduler, z_in, t, noise)
+            prediction = self.denoiser(x_t, t, image, labels)
+            target = denoising_target(self.scheduler, z0, noise, t, x_t)
+            loss = F.mse_loss(prediction.float(), target.float())
             name = "train/loss"
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
@@ -261,6 +274,22 @@ class DiAD(AnomalyModule):
             )
         self.log(name, loss, prog_bar=True, batch_size=image.shape[0])
         return loss
+
+    def _synthetic_latents(self, image: Tensor, z0: Tensor, label: Tensor) -> Tensor:
+        """Latents of the batch's synthetic anomalies; the normal rows keep their source latent."""
+        anomalous = label.bool()
+        if not bool(anomalous.any()):
+            return z0
+        if self.scheduler.config.prediction_type != "sample" and not self._warned_repair:
+            rank_zero_warn(
+                f"DiAD repairs synthetic anomalies with model.scheduler.prediction_type="
+                f"{self.scheduler.config.prediction_type}: its implied target grows like 1/sqrt(1-alpha_t) at small t; "
+                "model.scheduler.prediction_type=sample keeps it bounded."
+            )
+            self._warned_repair = True
+        z_in = z0.clone()
+        z_in[anomalous] = self.encode(image[anomalous], sample=True)
+        return z_in
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = self.global_step

@@ -91,7 +91,7 @@ class DiADAutoencoder(AnomalyModule):
         return out
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        image = batch["image"]
+        image = batch.get("source", batch["image"])  # normal images only, also under a synthesis strategy
         loss, parts, _ = autoencoder_loss(
             self.autoencoder, image, self.kl_weight, self.perceptual, self.perceptual_weight
         )

@@ -27,6 +27,25 @@ def q_sample(scheduler: DDIMScheduler, z0: Tensor, t: Tensor, noise: Tensor) -> 
     return scheduler.add_noise(z0, noise, t)
 
 
+def denoising_target(scheduler: DDIMScheduler, z0: Tensor, noise: Tensor, t: Tensor, x_t: Tensor) -> Tensor:
+    """What the network must output at ``x_t`` to denoise towards ``z0``, by ``prediction_type``.
+
+    With ``x_t = q_sample(z0, t, noise)`` this is the usual target (ε, ``z0`` or v). When ``x_t``
+    was noised from another latent (a synthetic anomaly) and ``z0`` is its normal source, ε and v
+    are the ones implied by ``x_t`` and ``z0``: DDIM from ``x_t`` then lands on ``z0``.
+    """
+    kind = scheduler.config.prediction_type
+    if kind == "sample":
+        return z0
+    alpha = scheduler.alphas_cumprod.to(device=z0.device, dtype=z0.dtype)[t].reshape(-1, *[1] * (z0.dim() - 1))
+    implied = (x_t - alpha.sqrt() * z0) / (1 - alpha).sqrt()
+    if kind == "epsilon":
+        return implied
+    if kind == "v_prediction":
+        return alpha.sqrt() * implied - (1 - alpha).sqrt() * z0
+    raise DiffusionConfigError(f"model.scheduler.prediction_type={kind!r} must be epsilon, sample or v_prediction.")
+
+
 def check_t_start(scheduler: DDIMScheduler, t_start: int, n_steps: int) -> None:
     """Fail clearly when ``t_start``/``n_steps`` leave no DDIM step to run."""
     total = scheduler.config.num_train_timesteps
