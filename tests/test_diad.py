@@ -238,3 +238,33 @@ def test_with_a_synthesis_source_the_denoiser_learns_to_repair(monkeypatch: pyte
     assert float(model.training_step(batch, 0)) > 0.01  # reproducing the anomaly is penalised
     # Without a source (no synthesis) the target is the image itself: the paper's training.
     assert float(model.training_step({**batch, "source": None}, 0)) < 1e-10
+
+
+def test_the_autoencoder_reference_cancels_the_autoencoders_own_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a denoiser that returns its input latent, only the autoencoder's error is left to score."""
+    images = Images().images[:2]
+    maps = {}
+    for reference in ("input", "autoencoder"):
+        model = tiny(reference=reference).eval()
+        model.latent_scale.fill_(1.0)
+        monkeypatch.setattr(model, "denoise", lambda image, z0, categories=None: z0)
+        maps[reference] = model(images)[0]
+    assert float(maps["autoencoder"].abs().max()) < 1e-5  # an untrained autoencoder's blur cancels...
+    assert float(maps["input"].mean()) > 1e-3  # ...which the paper's reference scores everywhere
+    with pytest.raises(DiffusionConfigError, match="model.reference=pixels.*'input', 'autoencoder'"):
+        tiny(reference="pixels")
+
+
+def test_t_train_max_bounds_the_training_timesteps_and_must_exceed_t_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    import anomaly.models.diad as diad
+
+    model = tiny(t_start=100, t_train_max=300, ema=False)
+    model.ae_fit_steps, model._ae_frozen = 0, True
+    model.latent_scale.fill_(1.0)
+    steps: list[torch.Tensor] = []
+    monkeypatch.setattr(diad, "q_sample", lambda s, z, t, n: steps.append(t) or s.add_noise(z, n, t))
+    batch = {"image": Images().images.repeat(8, 1, 1, 1), "label": torch.zeros(64), "category": ["a"] * 64}
+    model.training_step(batch, 0)
+    assert int(steps[-1].max()) < 300 and int(steps[-1].max()) > 150
+    with pytest.raises(DiffusionConfigError, match=r"model.t_train_max=100 must lie in \(model.t_start=100, 1000\]"):
+        tiny(t_start=100, t_train_max=100)

@@ -53,6 +53,9 @@ def check_image_size(size: int | Sequence[int], factor: int) -> None:
             )
 
 
+REFERENCES = ("input", "autoencoder")
+
+
 class DiAD(AnomalyModule):
     """Reconstruct the image through a controlled latent diffusion model; score feature differences.
 
@@ -75,6 +78,11 @@ class DiAD(AnomalyModule):
         context: ``Conditioning`` arguments (``kind``: empty|file|learned|class, ``tokens``, ...).
         scheduler: ``DDIMScheduler`` overrides of SD-1.5's schedule.
         t_start, n_steps: inference noising step and DDIM steps.
+        reference: what the reconstruction is compared with: ``input`` (the paper: the image) or
+            ``autoencoder`` (the autoencoder's own reconstruction of the image, so a small
+            autoencoder's blur cancels and the map shows what the denoiser changed).
+        t_train_max: train on timesteps below this only (``None``: the whole schedule, the paper);
+            with a low ``t_start`` the denoiser then spends no steps on noise levels it never meets.
         lr, weight_decay, warmup_steps: AdamW and a linear warm-up of the diffusion phase (the
             autoencoder phase's LR decays to 0 by a cosine over ``fit_steps``).
         ema, ema_decay: keep an EMA of the trained weights and evaluate with it.
@@ -99,6 +107,8 @@ class DiAD(AnomalyModule):
         scheduler: dict[str, Any] | None = None,
         t_start: int = 999,
         n_steps: int = 10,
+        reference: str = "input",
+        t_train_max: int | None = None,
         lr: float = 1e-5,
         weight_decay: float = 0.01,
         warmup_steps: int = 0,
@@ -142,6 +152,15 @@ class DiAD(AnomalyModule):
         self.sampler = make_scheduler(**dict(scheduler or {}))
         check_t_start(self.sampler, t_start, n_steps)
         self.t_start, self.n_steps = t_start, n_steps
+        if reference not in REFERENCES:
+            raise DiffusionConfigError(f"model.reference={reference} is not valid; choose one of {list(REFERENCES)}.")
+        self.reference = reference
+        total = self.scheduler.config.num_train_timesteps
+        if t_train_max is not None and not t_start < t_train_max <= total:
+            raise DiffusionConfigError(
+                f"model.t_train_max={t_train_max} must lie in (model.t_start={t_start}, {total}] or be null."
+            )
+        self.t_train_max = t_train_max
         self.scorer = FeatureDistance(backbone, **dict(scoring or {}))
         self.ema = ModuleEMA(self.denoiser.trainable_modules(), ema_decay) if ema else None
         if latent_scale == "auto":
@@ -197,21 +216,27 @@ class DiAD(AnomalyModule):
 
     # -- inference --------------------------------------------------------------------------------
     @torch.no_grad()
-    def reconstruct(self, image: Tensor, categories: Sequence[str] | None = None) -> Tensor:
-        """x̂0: encode, noise to ``t_start``, DDIM with the image as hint, decode."""
+    def denoise(self, image: Tensor, z0: Tensor, categories: Sequence[str] | None = None) -> Tensor:
+        """ẑ0: noise the latent ``z0`` of ``image`` to ``t_start``, DDIM with the image as hint."""
         labels = self._labels(categories if categories is not None else self._batch_categories, image.device)
-        z0 = self.encode(image)
         noise = self._noise(image, z0.shape).to(z0.dtype)
-        z = ddim_reconstruct(
+        return ddim_reconstruct(
             lambda x, t: self.denoiser(x, t, image, labels), self.sampler, z0, self.t_start, self.n_steps, noise
         )
-        return self.decode(z)
 
+    @torch.no_grad()
+    def reconstruct(self, image: Tensor, categories: Sequence[str] | None = None) -> Tensor:
+        """x̂0: encode, noise to ``t_start``, DDIM with the image as hint, decode."""
+        return self.decode(self.denoise(image, self.encode(image), categories))
+
+    @torch.no_grad()
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
         """``(anomaly_map B×1×H×W, score B)``; the reconstruction is kept in ``last_reconstruction``."""
-        reconstruction = self.reconstruct(image)
+        z0 = self.encode(image)
+        reconstruction = self.decode(self.denoise(image, z0)).to(image.dtype)
         self.last_reconstruction = reconstruction
-        return self.scorer(image, reconstruction.to(image.dtype))
+        reference = image if self.reference == "input" else self.decode(z0).to(image.dtype)
+        return self.scorer(reference, reconstruction)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
         out = super().test_step(batch, batch_idx)
@@ -259,7 +284,7 @@ class DiAD(AnomalyModule):
                 z0 = self.encode(normal, sample=True)
                 z_in = z0 if source is None else self._synthetic_latents(image, z0, batch["label"])
             noise = torch.randn_like(z0)
-            t = sample_timesteps(self.scheduler, z0.shape[0], z0.device)
+            t = sample_timesteps(self.scheduler, z0.shape[0], z0.device, self.t_train_max)
             labels = self._labels(batch.get("category"), image.device)
             x_t = q_sample(self.scheduler, z_in, t, noise)
             prediction = self.denoiser(x_t, t, image, labels)

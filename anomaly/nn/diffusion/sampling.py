@@ -17,9 +17,12 @@ def make_scheduler(**overrides: Any) -> DDIMScheduler:
     return DDIMScheduler(**{**SD_SCHEDULER, **overrides})
 
 
-def sample_timesteps(scheduler: DDIMScheduler, batch: int, device: torch.device) -> Tensor:
-    """Uniform training timesteps in ``[0, num_train_timesteps)``."""
-    return torch.randint(0, scheduler.config.num_train_timesteps, (batch,), device=device)
+def sample_timesteps(
+    scheduler: DDIMScheduler, batch: int, device: torch.device, high: int | None = None
+) -> Tensor:
+    """Uniform training timesteps in ``[0, high)`` (``high``: ``num_train_timesteps`` when ``None``)."""
+    total = scheduler.config.num_train_timesteps
+    return torch.randint(0, total if high is None else min(int(high), total), (batch,), device=device)
 
 
 def q_sample(scheduler: DDIMScheduler, z0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
