@@ -246,6 +246,17 @@ def test_feature_distance_is_zero_for_a_perfect_reconstruction_and_peaks_at_the_
         FeatureDistance(_Pixels(), layers=["c"])(image, recon)
 
 
+def test_the_l2_distance_is_the_mean_squared_difference_where_cosine_ignores_scale() -> None:
+    image = torch.rand(1, 3, 16, 16) + 0.5
+    brighter = image * 2  # same direction: no cosine distance, a large squared one
+    cosine = FeatureDistance(_Pixels(), layers=["a"], sigma=0.0, pool_iters=0)
+    l2 = FeatureDistance(_Pixels(), layers=["a"], sigma=0.0, pool_iters=0, distance="l2")
+    assert float(cosine(image, brighter)[0].abs().max()) < 1e-5
+    torch.testing.assert_close(l2(image, brighter)[0], image.pow(2).mean(dim=1, keepdim=True))
+    with pytest.raises(ValueError, match="model.scoring.distance=manhattan is not valid"):
+        FeatureDistance(_Pixels(), distance="manhattan")
+
+
 def test_pooled_max_smooths_before_taking_the_maximum() -> None:
     spike = torch.zeros(1, 1, 16, 16)
     spike[0, 0, 8, 8] = 64.0
@@ -273,3 +284,68 @@ def test_autoencoder_loads_from_a_folder_and_a_project_checkpoint(tmp_path) -> N
                tmp_path / "a.ckpt")
     from_ckpt = build_autoencoder("kl-f8", weights=str(tmp_path / "a.ckpt"))
     torch.testing.assert_close(from_ckpt.decoder.conv_out.weight, source.decoder.conv_out.weight)
+
+
+def test_feature_latent_standardises_and_splits_back_to_the_backbones_features() -> None:
+    from anomaly.nn.backbone import FeatureExtractor
+    from anomaly.nn.diffusion.feature_latent import FeatureDecoder, FeatureLatent
+
+    torch.manual_seed(0)
+    backbone = FeatureExtractor("efficientnet_lite0", ["blocks.1", "blocks.2", "blocks.4"], weights="none")
+    latent = FeatureLatent(backbone, downsampling=4, resize=64)
+    images = torch.randn(6, 3, 32, 32)
+    with pytest.raises(DiffusionConfigError, match="never trained"):
+        latent.encode(images)
+    latent.fit(images)
+    z = latent.encode(images)
+    assert z.shape == (6, 24 + 40 + 112, 8, 8)
+    torch.testing.assert_close(z.mean(dim=(0, 2, 3)), torch.zeros(176), atol=1e-4, rtol=0)
+    torch.testing.assert_close(z.std(dim=(0, 2, 3)), torch.ones(176), atol=1e-3, rtol=0)
+    features = backbone(torch.nn.functional.interpolate(images, size=64, mode="bilinear"))
+    split = latent.split(z)
+    # blocks.1 (16²) is area-pooled, blocks.2 (8²) kept, blocks.4 (4²) upsampled to the 8² grid
+    torch.testing.assert_close(split["blocks.1"], torch.nn.functional.avg_pool2d(features["blocks.1"], 2), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(split["blocks.2"], features["blocks.2"], atol=1e-4, rtol=1e-4)
+    assert FeatureDecoder(176, 4, 32)(z).shape == (6, 3, 32, 32)
+    with pytest.raises(DiffusionConfigError, match=r"model.features.layers has \['blocks.3'\]"):
+        FeatureLatent(backbone, layers=["blocks.3"])
+
+
+def test_the_viewing_decoder_learns_images_back_from_the_feature_latent() -> None:
+    from anomaly.nn.backbone import FeatureExtractor
+    from anomaly.nn.diffusion.feature_latent import FeatureDecoder, FeatureLatent
+
+    torch.manual_seed(0)
+    latent = FeatureLatent(FeatureExtractor("efficientnet_lite0", ["blocks.1", "blocks.2"], weights="none"), downsampling=4)
+    ramp = torch.linspace(-1, 1, 32)
+    x, y = ramp[None, :].expand(32, 32), ramp[:, None].expand(32, 32)
+    images = torch.stack([torch.stack([x * a, y * b, torch.full((32, 32), float(c))]) for a, b, c in torch.rand(8, 3) * 2 - 1])
+    latent.fit(images)
+    z = latent.encode(images)
+    decoder = FeatureDecoder(latent.channels, 4, 32)
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=3e-3)
+    first = float((decoder(z) - images).abs().mean())
+    for _ in range(150):
+        loss = (decoder(z) - images).abs().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(loss) < 0.3 * first
+
+
+def test_the_feature_cache_returns_the_same_latents_and_skips_the_backbone_on_hits() -> None:
+    from anomaly.nn.backbone import FeatureExtractor
+    from anomaly.nn.diffusion.feature_latent import FeatureLatent
+
+    backbone = FeatureExtractor("efficientnet_lite0", ["blocks.1"], weights="none")
+    calls: list[int] = []
+    backbone.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    latent = FeatureLatent(backbone, downsampling=4, cache=3)
+    images = torch.randn(4, 3, 32, 32)
+    latent.fit(images)
+    plain = latent.encode(images)
+    calls.clear()
+    torch.testing.assert_close(latent.encode(images[:2], cached=True), plain[:2])
+    torch.testing.assert_close(latent.encode(images, cached=True), plain)  # two hits, two misses (one kept)
+    torch.testing.assert_close(latent.encode(images[[3, 0]], cached=True), plain[[3, 0]])
+    assert calls == [2, 2, 1]  # the cache holds at most 3 images
