@@ -177,8 +177,17 @@ def test_inference_is_batch_independent_and_class_conditioning_needs_known_categ
         model(images[:1])
 
 
+EXPERIMENT_ARGS = {
+    "diad_cpu": ["model.autoencoder.fit_steps=3", "+model.autoencoder.block_out_channels=[16,16,16]"],
+    # the feature latent, calibrated on the normal training images before each test
+    "diad_features_cpu": ["model.features.decoder_width=16", "trainer.max_time=null",
+                          "callbacks.model_checkpoint.every_n_train_steps=3"],
+}
+
+
 @pytest.mark.skipif(os.environ.get("ANOMALY_FAST") == "1", reason="end-to-end run")
-def test_train_then_evaluate_reproduces_the_metrics(synthetic_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("experiment", sorted(EXPERIMENT_ARGS))
+def test_train_then_evaluate_reproduces_the_metrics(experiment: str, synthetic_root: Path, tmp_path: Path) -> None:
     """...even after the pretrained weights file the run was built from is gone."""
     from anomaly.nn.backbone import offline_state_dict
 
@@ -188,11 +197,10 @@ def test_train_then_evaluate_reproduces_the_metrics(synthetic_root: Path, tmp_pa
     env = {**os.environ, "ANOMALY_ROOT": str(tmp_path), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     tiny_args = [f"+model.unet.{k}={json.dumps(v).replace(' ', '')}" for k, v in TINY_UNET.items()
                  if k not in ("preset", "layers_per_block")]
-    train = [sys.executable, "-m", "anomaly.train", "experiment=diad_cpu", f"data.root={synthetic_root}",
+    train = [sys.executable, "-m", "anomaly.train", f"experiment={experiment}", f"data.root={synthetic_root}",
              "data.category=[capsule,fabric]", "data.prepare=null", "data.image_size=32", "data.num_workers=0",
-             "trainer.max_steps=6", "model.autoencoder.fit_steps=3", "model.n_steps=2", *tiny_args,
-             "model.scoring.resize=null", f"model.backbone.weights={weights}",
-             "+model.autoencoder.block_out_channels=[16,16,16]", "model.unet.layers_per_block=1",
+             "trainer.max_steps=6", "model.n_steps=2", *tiny_args, *EXPERIMENT_ARGS[experiment],
+             "model.scoring.resize=null", f"model.backbone.weights={weights}", "model.unet.layers_per_block=1",
              "callbacks.heatmaps.n_images=1", "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"]
     result = subprocess.run(train, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -214,7 +222,7 @@ def test_with_a_synthesis_source_the_denoiser_learns_to_repair(monkeypatch: pyte
     model = tiny(ema=False, scheduler={"prediction_type": "sample"})
     model.ae_fit_steps, model._ae_frozen = 0, True
     model.latent_scale.fill_(1.0)
-    monkeypatch.setattr(model, "encode", lambda image, sample=False: torch.nn.functional.avg_pool2d(image, 4))
+    monkeypatch.setattr(model, "encode", lambda image, sample=False, cached=False: torch.nn.functional.avg_pool2d(image, 4))
     noised: list[torch.Tensor] = []
     monkeypatch.setattr(diad, "q_sample", lambda s, z, t, n: noised.append(z) or s.add_noise(z, n, t))
     seen: dict[str, torch.Tensor] = {}
@@ -268,3 +276,76 @@ def test_t_train_max_bounds_the_training_timesteps_and_must_exceed_t_start(monke
     assert int(steps[-1].max()) < 300 and int(steps[-1].max()) > 150
     with pytest.raises(DiffusionConfigError, match=r"model.t_train_max=100 must lie in \(model.t_start=100, 1000\]"):
         tiny(t_start=100, t_train_max=100)
+
+
+def features_model(**overrides: Any) -> DiAD:
+    return tiny(latent="features", features={"downsampling": 4, "decoder_width": 16, "decoder_lr": 1e-2},
+                scheduler={"prediction_type": "sample"}, scoring={"sigma": 1.0, "pool_size": 4, "resize": 64},
+                **overrides)
+
+
+def test_the_feature_latent_scores_feature_changes_where_the_denoiser_made_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = features_model(ema=False)
+    assert model.autoencoder is None and model.denoiser.unet.config.in_channels == 64
+    images = Images().images
+    decoder = [p.detach().clone() for p in model.feature_decoder.parameters()]
+    trainer(tmp_path, 4).fit(model, datamodule=Data())
+    assert model.feature_latent.fitted  # statistics from the first batch
+    changed_weights = [not torch.equal(a, b) for a, b in zip(decoder, model.feature_decoder.parameters(), strict=True)]
+    assert all(changed_weights)  # the viewing decoder trains beside the denoiser
+    assert "autoencoder" not in model.restore_overrides()
+    model.eval()
+    monkeypatch.setattr(model, "denoise", lambda image, z0, categories=None: z0)
+    maps, scores = model(images[:2])
+    assert float(maps.abs().max()) < 1e-4 and model.last_reconstruction.shape == (2, 3, 32, 32)
+
+    def changed(image: torch.Tensor, z0: torch.Tensor, categories: Any = None) -> torch.Tensor:
+        z = z0.clone()
+        z[:, :, 1:3, 5:7] = torch.randn_like(z[:, :, 1:3, 5:7]) * 3  # latent cells ↔ pixels 4:12, 20:28
+        return z
+
+    monkeypatch.setattr(model, "denoise", changed)
+    maps, _ = model(images[:2])
+    inside, outside = maps[:, :, 4:12, 20:28].mean(), maps[:, :, 20:, :12].mean()
+    assert float(inside) > 5 * float(outside)
+
+
+def test_feature_latent_options_fail_with_one_clear_sentence() -> None:
+    with pytest.raises(DiffusionConfigError, match="model.latent=pixels is not valid"):
+        tiny(latent="pixels")
+    with pytest.raises(DiffusionConfigError, match="model.reference=autoencoder needs model.latent=autoencoder"):
+        features_model(reference="autoencoder")
+    with pytest.raises(DiffusionConfigError, match="multiples of 32"):
+        tiny(latent="features", features={"downsampling": 8}, input_size=48)
+
+
+def test_calibration_z_scores_maps_against_the_categorys_normal_maps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hot spot every normal map has (say the image border) vanishes; a new one stands out."""
+    model = features_model(calibrate=True).eval()
+    g = torch.Generator().manual_seed(0)
+    usual = torch.zeros(1, 32, 32)
+    usual[..., :4, :] = 5.0  # the denoiser's error on every normal image of category a
+    maps = {"a": lambda n: usual + 0.1 * torch.rand(n, 1, 32, 32, generator=g),
+            "b": lambda n: 0.1 * torch.rand(n, 1, 32, 32, generator=g)}
+    monkeypatch.setattr(model, "distances", lambda image: torch.cat([maps[c](1) for c in model._batch_categories]))
+    images = Images().images
+    with pytest.raises(DiffusionConfigError, match=r"no normal maps of \['a'\]"):
+        model._batch_categories = ["a"]
+        model(images[:1])
+    batches = [{"image": images[:4], "category": ["a", "b", "a", "b"]} for _ in range(10)]
+    model.fit_calibration(batches)
+    model._batch_categories = ["a", "b"]
+    normal, scores = model(images[:2])
+    assert float(normal[:, :, :4].abs().mean()) < 2.0  # the usual error is within its spread
+    defect = maps["a"](1)
+    defect[..., 20:24, 20:24] += 1.0
+    monkeypatch.setattr(model, "distances", lambda image: defect)
+    model._batch_categories = ["a"]
+    anomalous, score = model(images[:1])
+    assert float(anomalous[0, 0, 20:24, 20:24].mean()) > 5 * float(anomalous[0, 0, :4].abs().mean())
+    assert float(score[0]) > float(scores.max())
+    model._batch_categories = None
+    with pytest.raises(DiffusionConfigError, match="needs each image's category"):
+        model(images[:1])

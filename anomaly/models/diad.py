@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import partial
 from typing import Any
 
@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from anomaly.models.base import AnomalyModule
 from anomaly.models.lr_schedules import cosine_to_zero, linear_warmup, per_step
@@ -30,6 +31,7 @@ from anomaly.nn.diffusion import (
     q_sample,
 )
 from anomaly.nn.diffusion.autoencoder import downsampling as ae_downsampling
+from anomaly.nn.diffusion.feature_latent import FeatureDecoder, FeatureLatent
 from anomaly.nn.diffusion.presets import DiffusionConfigError
 from anomaly.nn.diffusion.sampling import check_t_start, denoising_target, sample_timesteps
 from anomaly.nn.diffusion.unet import downsampling as unet_downsampling
@@ -53,7 +55,25 @@ def check_image_size(size: int | Sequence[int], factor: int) -> None:
             )
 
 
+def checked_categories(
+    categories: Sequence[str] | None, known: Iterable[str], option: str, off: str, unknown_message: str
+) -> list[str]:
+    """The images' categories, present and all ``known``; otherwise one sentence naming ``option``.
+
+    ``unknown_message`` is formatted with ``unknown`` (the sorted unknown categories).
+    """
+    if categories is None:
+        raise DiffusionConfigError(
+            f"{option} needs each image's category; run the model through the trainer (test/predict) or use {off}."
+        )
+    unknown = sorted(set(categories) - set(known))
+    if unknown:
+        raise DiffusionConfigError(f"{option}: {unknown_message.format(unknown=unknown)}")
+    return list(categories)
+
+
 REFERENCES = ("input", "autoencoder")
+LATENTS = ("autoencoder", "features")
 
 
 class DiAD(AnomalyModule):
@@ -66,7 +86,10 @@ class DiAD(AnomalyModule):
     ``autoencoder.fit_steps > 0`` the first steps fit the autoencoder instead (L1 + KL), for presets
     without a pretrained one. Inference: encode, noise to ``t_start``, ``n_steps`` DDIM steps with
     the image as hint at every step (no classifier-free guidance), decode, and compare pretrained
-    features of input and reconstruction (``FeatureDistance``).
+    features of input and reconstruction (``FeatureDistance``). With ``latent=features`` the latent is
+    the scoring backbone's own standardised features (``FeatureLatent``) instead of an autoencoder's,
+    the map compares the features of the latent and of its denoised version, and a small decoder
+    trained beside the denoiser turns latents into images for viewing only.
 
     Args:
         backbone: frozen feature extractor for scoring (``model.backbone``).
@@ -74,6 +97,10 @@ class DiAD(AnomalyModule):
         unet: ``build_unet`` arguments: ``preset`` (``sd15``|``cpu``), ``weights``, overrides, and
             ``train_encoder`` (train the whole UNet; for one trained from scratch).
         autoencoder: ``build_autoencoder`` arguments plus ``fit_steps``, ``lr``, ``kl_weight``.
+        latent: ``autoencoder`` (the paper) or ``features`` (see above; ``autoencoder`` is unused).
+        features: ``latent=features`` options: ``layers`` (of the backbone; all when ``None``),
+            ``downsampling`` (image / latent side), ``cache`` (training images whose features are
+            kept), ``decoder_width``, ``decoder_lr``.
         control: ``mid`` (official) or ``all``; sff: use the SFF block.
         context: ``Conditioning`` arguments (``kind``: empty|file|learned|class, ``tokens``, ...).
         scheduler: ``DDIMScheduler`` overrides of SD-1.5's schedule.
@@ -88,7 +115,11 @@ class DiAD(AnomalyModule):
         ema, ema_decay: keep an EMA of the trained weights and evaluate with it.
         latent_scale: latent multiplier; ``None``: the autoencoder's ``scaling_factor``; ``auto``:
             1/std of the first training batch's latents (LDM's ``scale_by_std``).
-        scoring: ``FeatureDistance`` options (``layers``, ``sigma``, ``pool_size``, ``pool_iters``).
+        scoring: ``FeatureDistance`` options (``layers``, ``sigma``, ``pool_size``, ``pool_iters``,
+            ``resize``, ``distance``).
+        calibrate: before testing, run the category's normal training images through the model and
+            score each test map per pixel as a z-score against their maps (not in the paper: it
+            removes what the denoiser gets wrong on every normal image, e.g. at the image border).
         compile: ``torch.compile`` the UNet and the ControlNet.
         download: allow fetching hub ids of ``unet.weights``/``autoencoder.weights``.
         seed: seed of the inference noise (per image, from its content: batch-independent).
@@ -101,6 +132,8 @@ class DiAD(AnomalyModule):
         input_size: int | Sequence[int] = 256,
         unet: dict[str, Any] | None = None,
         autoencoder: dict[str, Any] | None = None,
+        latent: str = "autoencoder",
+        features: dict[str, Any] | None = None,
         control: str = "mid",
         sff: bool = True,
         context: dict[str, Any] | None = None,
@@ -116,17 +149,28 @@ class DiAD(AnomalyModule):
         ema_decay: float = 0.999,
         latent_scale: float | str | None = None,
         scoring: dict[str, Any] | None = None,
+        calibrate: bool = False,
         compile: bool = False,
         download: bool = False,
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if latent not in LATENTS:
+            raise DiffusionConfigError(f"model.latent={latent} is not valid; choose one of {list(LATENTS)}.")
+        if latent == "features" and reference != "input":
+            raise DiffusionConfigError("model.reference=autoencoder needs model.latent=autoencoder.")
+        self.latent_kind = latent
         ae_spec = dict(autoencoder or {"preset": "kl-f8"})
-        self.ae_fit_steps = int(ae_spec.pop("fit_steps", 0))
+        self.ae_fit_steps = int(ae_spec.pop("fit_steps", 0)) if latent == "autoencoder" else 0
         self.ae_lr = float(ae_spec.pop("lr", 1e-4))
         self.kl_weight = float(ae_spec.pop("kl_weight", 1e-6))
-        if ae_spec.get("weights") is None and ae_spec.get("architecture") is None and self.ae_fit_steps <= 0:
+        if (
+            latent == "autoencoder"
+            and ae_spec.get("weights") is None
+            and ae_spec.get("architecture") is None
+            and self.ae_fit_steps <= 0
+        ):
             raise WeightsError(
                 "DiAD needs a trained autoencoder: set model.autoencoder.weights to a model=diad_autoencoder "
                 "last.ckpt (or a diffusers/LDM VAE), or model.autoencoder.fit_steps>0 to fit one first."
@@ -135,15 +179,23 @@ class DiAD(AnomalyModule):
         train_encoder = bool(unet_spec.pop("train_encoder", False))
         # Pretrained UNet first: with SD weights missing, the error names model.unet.weights.
         unet_model = build_unet(download=download, **unet_spec) if unet_spec.get("weights") else None
-        self.autoencoder = build_autoencoder(download=download, **ae_spec)
-        self.autoencoder.requires_grad_(self.ae_fit_steps > 0)
+        self.autoencoder, self.feature_latent, self.feature_decoder = None, None, None
+        feature_spec = dict(features or {})
+        self.decoder_lr = float(feature_spec.pop("decoder_lr", 1e-3))
+        if latent == "autoencoder":
+            self.autoencoder = build_autoencoder(download=download, **ae_spec)
+            self.autoencoder.requires_grad_(self.ae_fit_steps > 0)
+            width, factor = self.autoencoder.config.latent_channels, ae_downsampling(self.autoencoder)
+        else:
+            decoder_width = int(feature_spec.pop("decoder_width", 128))
+            self.feature_latent = FeatureLatent(backbone, resize=(scoring or {}).get("resize"), **feature_spec)
+            width, factor = self.feature_latent.channels, self.feature_latent.downsampling
+            self.feature_decoder = FeatureDecoder(width, factor, decoder_width)
         self._ae_frozen = self.ae_fit_steps <= 0
-        if unet_model is None:  # a fresh UNet takes the autoencoder's latent width
-            latent = self.autoencoder.config.latent_channels
-            unet_spec.setdefault("in_channels", latent)
-            unet_spec.setdefault("out_channels", latent)
+        if unet_model is None:  # a fresh UNet takes the latent's width
+            unet_spec.setdefault("in_channels", width)
+            unet_spec.setdefault("out_channels", width)
             unet_model = build_unet(download=download, **unet_spec)
-        factor = ae_downsampling(self.autoencoder)
         check_image_size(input_size, factor * 2 ** unet_downsampling(unet_model))
         branch = SemanticGuidedBranch(unet_model, control=control, sff=sff, downsampling=factor)
         conditioning = Conditioning(dim=unet_model.config.cross_attention_dim, **dict(context or {}))
@@ -162,8 +214,12 @@ class DiAD(AnomalyModule):
             )
         self.t_train_max = t_train_max
         self.scorer = FeatureDistance(backbone, **dict(scoring or {}))
+        self.calibrate = calibrate
+        self._calibration: dict[str, tuple[Tensor, Tensor]] = {}
         self.ema = ModuleEMA(self.denoiser.trainable_modules(), ema_decay) if ema else None
-        if latent_scale == "auto":
+        if latent == "features":
+            scale = 1.0  # the feature latent is standardised already
+        elif latent_scale == "auto":
             scale = math.nan
         else:
             scale = float(latent_scale if latent_scale is not None else self.autoencoder.config.scaling_factor)
@@ -177,8 +233,13 @@ class DiAD(AnomalyModule):
         self.last_reconstruction: Tensor | None = None
 
     # -- latents ----------------------------------------------------------------------------------
-    def encode(self, image: Tensor, sample: bool = False) -> Tensor:
-        """Scaled latents of ImageNet-normalised images (posterior sample or mode)."""
+    def encode(self, image: Tensor, sample: bool = False, cached: bool = False) -> Tensor:
+        """Scaled latents of ImageNet-normalised images (posterior sample or mode).
+
+        ``cached``: the feature latent may use its cache (normal training images only).
+        """
+        if self.feature_latent is not None:
+            return self.feature_latent.encode(image, cached=cached)
         if torch.isnan(self.latent_scale):
             raise DiffusionConfigError(
                 "model.latent_scale=auto is not estimated yet (the model was never trained); train it or set "
@@ -189,21 +250,17 @@ class DiAD(AnomalyModule):
 
     def decode(self, latent: Tensor) -> Tensor:
         """Images (ImageNet-normalised) of scaled latents."""
+        if self.feature_decoder is not None:
+            return self.feature_decoder(latent)
         return self.autoencoder.decode(latent / self.latent_scale).sample
 
     def _labels(self, categories: Sequence[str] | None, device: torch.device) -> Tensor | None:
         if self.denoiser.context.kind != "class":
             return None
-        if categories is None:
-            raise DiffusionConfigError(
-                "model.context.kind=class needs each image's category; run the model through the trainer "
-                "(test/predict) or use model.context.kind=empty."
-            )
-        unknown = sorted(set(categories) - set(self.categories))
-        if unknown:
-            raise DiffusionConfigError(
-                f"model.context.kind=class: categories {unknown} were not trained (known: {self.categories})."
-            )
+        categories = checked_categories(
+            categories, self.categories, "model.context.kind=class", "model.context.kind=empty",
+            f"categories {{unknown}} were not trained (known: {self.categories})."
+        )
         return torch.tensor([self.categories.index(c) for c in categories], device=device)
 
     def _noise(self, image: Tensor, shape: torch.Size) -> Tensor:
@@ -232,11 +289,78 @@ class DiAD(AnomalyModule):
     @torch.no_grad()
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
         """``(anomaly_map B×1×H×W, score B)``; the reconstruction is kept in ``last_reconstruction``."""
+        distances = self.distances(image)
+        if self.calibrate:
+            distances = self._calibrated(distances)
+        return self.scorer.finish(distances)
+
+    @torch.no_grad()
+    def distances(self, image: Tensor) -> Tensor:
+        """Feature distances B×1×H×W of the image and its reconstruction, before blur and pooling."""
         z0 = self.encode(image)
-        reconstruction = self.decode(self.denoise(image, z0)).to(image.dtype)
+        denoised = self.denoise(image, z0)
+        reconstruction = self.decode(denoised).to(image.dtype)
         self.last_reconstruction = reconstruction
+        if self.feature_latent is not None:
+            standardised = self.scorer.distance == "l2"  # every channel weighs the same
+            a, b = (self.feature_latent.split(z, standardised) for z in (z0, denoised))
+            return self.scorer.feature_distances(a, b, image.shape[-2:])
         reference = image if self.reference == "input" else self.decode(z0).to(image.dtype)
-        return self.scorer(reference, reconstruction)
+        return self.scorer.distances(reference, reconstruction)
+
+    # -- calibration on normal training images ----------------------------------------------------
+    @torch.no_grad()
+    def fit_calibration(self, batches: Iterable[dict[str, Any]]) -> None:
+        """Per category, the per-pixel mean and std of the distance maps of normal images.
+
+        ``batches``: dicts with ``image`` (or its normal ``source`` under synthesis) and ``category``.
+        """
+        sums: dict[str, list[Tensor]] = {}
+        training = self.training
+        self.eval()
+        for batch in batches:
+            image = batch.get("source")
+            image = (batch["image"] if image is None else image).to(self.device)
+            self._batch_categories = list(batch["category"])
+            for category, one in zip(self._batch_categories, self.distances(image).double(), strict=True):
+                total = sums.setdefault(category, [torch.zeros(()), torch.zeros_like(one), torch.zeros_like(one)])
+                total[0] += 1
+                total[1] += one
+                total[2] += one * one
+        self.train(training)
+        self._calibration = {}
+        for category, (n, first, second) in sums.items():
+            if n < 2:
+                raise DiffusionConfigError(
+                    f"model.calibrate=true needs at least 2 normal training images of '{category}', found {int(n)}."
+                )
+            mean = first / n
+            std = ((second / n - mean * mean).clamp_min(0) * n / (n - 1)).sqrt()
+            self._calibration[category] = (mean.float(), (std + 1e-3 * std.mean()).float())
+
+    def _calibrated(self, distances: Tensor) -> Tensor:
+        batch = self._batch_categories
+        categories = checked_categories(
+            batch if batch is not None and len(batch) == distances.shape[0] else None, self._calibration,
+            "model.calibrate=true", "model.calibrate=false",
+            "no normal maps of {unknown}; call fit_calibration on their training images first (the trainer "
+            "does so before testing).",
+        )
+        mean = torch.stack([self._calibration[c][0] for c in categories]).to(distances.device)
+        std = torch.stack([self._calibration[c][1] for c in categories]).to(distances.device)
+        return (distances - mean) / std
+
+    def _calibrate_for_evaluation(self) -> None:
+        """Fit the calibration on the data module's training images when it is on and not yet fitted."""
+        if not self.calibrate or (self._calibration and set(self.categories) <= set(self._calibration)):
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "dataset"):
+            raise DiffusionConfigError("model.calibrate=true needs an AnomalyDataModule with training images to calibrate on.")
+        # A fixed order and batch size: a re-test of the checkpoint calibrates on identical batches.
+        loader = DataLoader(datamodule.dataset("train"), batch_size=datamodule.eval_batch_size, shuffle=False,
+                            num_workers=datamodule.num_workers)
+        self.fit_calibration(loader)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
         out = super().test_step(batch, batch_idx)
@@ -256,7 +380,14 @@ class DiAD(AnomalyModule):
             self.denoiser.branch.controlnet.compile()
 
     def _start_diffusion_phase(self, image: Tensor) -> None:
-        """Freeze the autoencoder; estimate the latent scale once when it is ``auto``."""
+        """Freeze the autoencoder; estimate the latent scale (or feature statistics) once."""
+        if self.feature_latent is not None:
+            if not self.feature_latent.fitted:
+                self.feature_latent.fit(image)
+                if self._trainer is not None and self.trainer.world_size > 1:
+                    for buffer in (self.feature_latent.mean, self.feature_latent.std):
+                        buffer.copy_(self.trainer.strategy.broadcast(buffer, src=0))
+            return
         if not self._ae_frozen:
             self.autoencoder.requires_grad_(False)
             self._ae_frozen = True
@@ -264,7 +395,7 @@ class DiAD(AnomalyModule):
             with torch.no_grad():
                 std = self.autoencoder.encode(image).latent_dist.sample().float().std()
             scale = (1.0 / std).reshape(())
-            if self.trainer.world_size > 1:
+            if self._trainer is not None and self.trainer.world_size > 1:
                 scale = self.trainer.strategy.broadcast(scale, src=0)
             self.latent_scale.fill_(float(scale))
 
@@ -281,7 +412,7 @@ class DiAD(AnomalyModule):
         else:
             self._start_diffusion_phase(normal)
             with torch.no_grad():
-                z0 = self.encode(normal, sample=True)
+                z0 = self.encode(normal, sample=True, cached=True)
                 z_in = z0 if source is None else self._synthetic_latents(image, z0, batch["label"])
             noise = torch.randn_like(z0)
             t = sample_timesteps(self.scheduler, z0.shape[0], z0.device, self.t_train_max)
@@ -291,6 +422,10 @@ class DiAD(AnomalyModule):
             target = denoising_target(self.scheduler, z0, noise, t, x_t)
             loss = F.mse_loss(prediction.float(), target.float())
             name = "train/loss"
+            if self.feature_decoder is not None:  # for viewing only: the latent gets no gradient
+                decoded = F.l1_loss(self.feature_decoder(z0).float(), normal.float())
+                self.log("train/decoder_l1", decoded, batch_size=image.shape[0])
+                loss = loss + decoded
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"DiAD's {name} became {float(loss)} at step {self.global_step}; the last good checkpoint is "
@@ -316,31 +451,39 @@ class DiAD(AnomalyModule):
         z_in[anomalous] = self.encode(image[anomalous], sample=True)
         return z_in
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        step = self.global_step
-        if self.ema is not None and step > self.ae_fit_steps and step != self._last_ema_step:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Step, then fold the new weights into the EMA — before any callback (the checkpoint) runs."""
+        super().optimizer_step(*args, **kwargs)
+        step = self.global_step  # not yet counted: the index of the step just taken
+        if self.ema is not None and step >= self.ae_fit_steps and step != self._last_ema_step:
             self.ema.update()
             self._last_ema_step = step
 
     def restore_overrides(self) -> dict[str, Any]:
         """Rebuild the UNet and autoencoder from their stored architectures, the backbone untouched."""
-        return {
+        overrides: dict[str, Any] = {
             "backbone": {"weights": "none"},
             "unet": {"architecture": architecture_of(self.denoiser.unet)},
-            "autoencoder": {"architecture": architecture_of(self.autoencoder)},
         }
+        if self.autoencoder is not None:
+            overrides["autoencoder"] = {"architecture": architecture_of(self.autoencoder)}
+        return overrides
 
     def configure_optimizers(self) -> Any:
         params = [p for m in self.denoiser.trainable_modules().values() for p in m.parameters()]
         groups = [{"params": params, "lr": self.lr}]
         if self.ae_fit_steps > 0:
             groups.append({"params": list(self.autoencoder.parameters()), "lr": self.ae_lr, "weight_decay": 0.0})
+        warmup = partial(linear_warmup, start=self.ae_fit_steps, warmup=self.warmup_steps)
+        factors = [warmup]
+        if self.ae_fit_steps > 0:
+            factors.append(partial(cosine_to_zero, steps=self.ae_fit_steps))
+        if self.feature_decoder is not None:
+            groups.append({"params": list(self.feature_decoder.parameters()), "lr": self.decoder_lr})
+            factors.append(warmup)
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
         if self.warmup_steps <= 0 and self.ae_fit_steps <= 0:
             return optimizer
-        factors = [partial(linear_warmup, start=self.ae_fit_steps, warmup=self.warmup_steps)]
-        if self.ae_fit_steps > 0:
-            factors.append(partial(cosine_to_zero, steps=self.ae_fit_steps))
         return per_step(optimizer, factors)
 
     # -- EMA weights for evaluation and the batch's categories for class conditioning -------------
@@ -355,9 +498,13 @@ class DiAD(AnomalyModule):
     def on_validation_epoch_end(self) -> None:
         self._use_ema(False)
 
+    def on_train_start(self) -> None:
+        self._calibration = {}  # the model changes: calibrate again before the next test
+
     def on_test_epoch_start(self) -> None:
         super().on_test_epoch_start()
         self._use_ema(True)
+        self._calibrate_for_evaluation()
 
     def on_test_epoch_end(self) -> None:
         self._use_ema(False)
@@ -365,6 +512,7 @@ class DiAD(AnomalyModule):
 
     def on_predict_epoch_start(self) -> None:
         self._use_ema(True)
+        self._calibrate_for_evaluation()
 
     def on_predict_epoch_end(self) -> None:
         self._use_ema(False)
