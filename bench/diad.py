@@ -1,7 +1,9 @@
 """DiAD figures: paper-preset sizes (meta device), CPU-preset training and inference speed, peak RSS.
 
-Usage: ``python bench/diad.py [--threads N] [--steps N] [--images N]``. Inference cost is split
-into the autoencoder (encode + decode), the denoiser steps and the scoring backbone.
+Usage: ``python bench/diad.py [--experiment diad_cpu|diad_features_cpu] [--threads N] [--steps N]
+[--images N]``. Inference cost is split into the latent (autoencoder encode + decode; for the
+feature latent: backbone + viewing decoder), the denoiser steps and the scoring. Training steps
+of the feature latent are timed with its feature cache warm (every epoch after the first).
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ def paper_sizes() -> None:
         print(f"  {name:<28}{ours:8.2f} M {paper:8.1f} M  ({100 * (ours - paper) / paper:+.2f} %)")
 
 
-def cpu_model() -> torch.nn.Module:
+def cpu_model(experiment: str) -> torch.nn.Module:
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=diad_cpu"])
+        cfg = compose("train", overrides=[f"experiment={experiment}"])
     model = instantiate(cfg.model)
-    model.latent_scale.fill_(1.0)
+    if model.autoencoder is not None:
+        model.latent_scale.fill_(1.0)
     return model, cfg
 
 
@@ -54,6 +57,7 @@ def timed(fn, repeat: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--experiment", default="diad_cpu", choices=["diad_cpu", "diad_features_cpu"])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--steps", type=int, default=10, help="timed training steps")
     parser.add_argument("--images", type=int, default=32, help="timed test images")
@@ -62,23 +66,33 @@ def main() -> None:
     print(f"threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
     paper_sizes()
 
-    model, cfg = cpu_model()
+    model, cfg = cpu_model(args.experiment)
     size, batch = cfg.data.image_size, cfg.data.batch_size
-    print(f"cpu preset: UNet {millions(model.denoiser.unet):.2f} M, SG branch "
+    features = model.feature_latent is not None
+    latent = f"viewing decoder {millions(model.feature_decoder):.2f} M" if features else (
+        f"autoencoder {millions(model.autoencoder):.2f} M")
+    print(f"{args.experiment}: UNet {millions(model.denoiser.unet):.2f} M, SG branch "
           f"{millions(model.denoiser.branch.controlnet):.2f} M, SFF {millions(model.denoiser.branch.sff):.2f} M, "
-          f"autoencoder {millions(model.autoencoder):.2f} M, {size}² images")
+          f"{latent}, {size}² images")
     images = torch.randn(batch, 3, size, size)
+    model.train()
     model._start_diffusion_phase(images)  # diffusion phase: the autoencoder is frozen
     params = [p for m in model.denoiser.trainable_modules().values() for p in m.parameters()]
+    if features:
+        params += list(model.feature_decoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-4)
 
     def train_step() -> None:
         optimizer.zero_grad()
         with torch.no_grad():
-            z0 = model.encode(images, sample=True)
+            z0 = model.encode(images, sample=True, cached=True)
         noise = torch.randn_like(z0)
-        t = torch.randint(0, 1000, (batch,))
-        loss = (model.denoiser(model.scheduler.add_noise(z0, noise, t), t, images) - noise).pow(2).mean()
+        t = torch.randint(0, model.t_train_max or 1000, (batch,))
+        x_t = model.scheduler.add_noise(z0, noise, t)
+        target = z0 if model.scheduler.config.prediction_type == "sample" else noise
+        loss = (model.denoiser(x_t, t, images) - target).pow(2).mean()
+        if features:
+            loss = loss + (model.decode(z0) - images).abs().mean()
         loss.backward()
         optimizer.step()
 
@@ -96,11 +110,18 @@ def main() -> None:
         den_s = timed(lambda: ddim_reconstruct(lambda x, t: model.denoiser(x, t, test), model.sampler, z0,
                                                model.t_start, model.n_steps), repeat)
         recon = model.decode(z0)
-        score_s = timed(lambda: model.scorer(test, recon), repeat)
+        if features:
+            split = model.feature_latent.split
+            score_s = timed(lambda: model.scorer.finish(model.scorer.feature_distances(split(z0), split(z0), test.shape[-2:])), repeat)
+        else:
+            score_s = timed(lambda: model.scorer(test, recon), repeat)
+        if model.calibrate:  # calibration statistics from the same images (its pass costs one forward per image)
+            model.fit_calibration([{"image": test, "category": ["bench"] * eval_batch}] * 2)
+            model._batch_categories = ["bench"] * eval_batch
         total_s = timed(lambda: model(test), repeat)
     per = 1000 / eval_batch
     steps = int((model.sampler.timesteps <= model.t_start).sum())
-    print(f"test: {eval_batch / total_s:.1f} images/s at batch {eval_batch}; per image: autoencoder "
+    print(f"test: {eval_batch / total_s:.1f} images/s at batch {eval_batch}; per image: latent "
           f"{ae_s * per:.1f} ms, denoiser ({steps} DDIM steps from t={model.t_start}) {den_s * per:.1f} ms, scoring "
           f"{score_s * per:.1f} ms, total {total_s * per:.1f} ms")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
