@@ -11,8 +11,8 @@ features of the latent and of its denoised version directly — no decode-then-r
 
 from __future__ import annotations
 
+import hashlib
 import math
-import zlib
 from collections.abc import Sequence
 
 import torch
@@ -20,6 +20,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anomaly.nn.diffusion.presets import DiffusionConfigError
+
+
+def content_key(image: Tensor) -> bytes:
+    """A 128-bit key of a CPU tensor's shape and values."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(str(tuple(image.shape)).encode())
+    digest.update(image.contiguous().numpy().tobytes())
+    return digest.digest()
 
 
 def to_grid(feature: Tensor, size: tuple[int, int]) -> Tensor:
@@ -40,9 +48,10 @@ class FeatureLatent(nn.Module):
         layers: the layers that make the latent (all of the backbone's when ``None``).
         downsampling: image side / latent side (2, 4 or 8: the SG hint encoder's factors).
         resize: feed the backbone images resized to this side (``None``: as they are).
-        cache: keep the features of up to this many distinct training images in memory (keyed by
-            their content, so augmented or synthetic images simply miss): without augmentation
-            every epoch after the first skips the backbone. 0: no cache.
+        cache: keep the features of up to this many distinct training images in memory, on the CPU,
+            keyed by a 128-bit hash of their content and shape: without augmentation every epoch
+            after the first skips the backbone (with augmentation it fills up and rarely hits;
+            leave it 0 then). 0: no cache.
     """
 
     def __init__(
@@ -63,9 +72,13 @@ class FeatureLatent(nn.Module):
                 f"choose from {list(backbone.channels)}."
             )
         self.widths = [int(backbone.channels[layer]) for layer in self.layers]
+        if int(downsampling) not in (2, 4, 8):
+            raise DiffusionConfigError(
+                f"model.features.downsampling={downsampling} is not supported; use 2, 4 or 8 (the SG hint encoder's factors)."
+            )
         self.downsampling, self.resize = int(downsampling), resize
         self.cache_size = int(cache)
-        self._cache: dict[int, Tensor] = {}
+        self._cache: dict[bytes, Tensor] = {}
         self.register_buffer("mean", torch.full((sum(self.widths),), math.nan))
         self.register_buffer("std", torch.full((sum(self.widths),), math.nan))
 
@@ -87,17 +100,18 @@ class FeatureLatent(nn.Module):
         """
         if not (cached and self.cache_size > 0):
             return self._extract(image)
-        keys = [zlib.crc32(one.numpy().tobytes()) for one in image.detach().float().cpu()]
+        keys = [content_key(one) for one in image.detach().float().cpu()]
         missing = [i for i, key in enumerate(keys) if key not in self._cache]
+        found: dict[int, Tensor] = {}
         if missing:
             fresh = self._extract(image[missing])
             for i, value in zip(missing, fresh, strict=True):
+                found[i] = value
                 if len(self._cache) < self.cache_size:
-                    self._cache[keys[i]] = value
-            found = {i: value for i, value in zip(missing, fresh, strict=True)}
-        else:
-            found = {}
-        return torch.stack([found[i] if i in found else self._cache[key] for i, key in enumerate(keys)]).to(image.device)
+                    self._cache[keys[i]] = value.cpu()
+        return torch.stack(
+            [found[i] if i in found else self._cache[key].to(image.device) for i, key in enumerate(keys)]
+        )
 
     def _extract(self, image: Tensor) -> Tensor:
         size = (image.shape[-2] // self.downsampling, image.shape[-1] // self.downsampling)
