@@ -178,10 +178,9 @@ def test_inference_is_batch_independent_and_class_conditioning_needs_known_categ
 
 
 EXPERIMENT_ARGS = {
-    "diad_cpu": ["model.autoencoder.fit_steps=3", "+model.autoencoder.block_out_channels=[16,16,16]"],
+    "diad_pixel_cpu": ["model.autoencoder.fit_steps=3", "+model.autoencoder.block_out_channels=[16,16,16]"],
     # the feature latent, calibrated on the normal training images before each test
-    "diad_features_cpu": ["model.features.decoder_width=16", "trainer.max_time=null",
-                          "callbacks.model_checkpoint.every_n_train_steps=3"],
+    "diad_cpu": ["model.features.decoder_width=16", "callbacks.model_checkpoint.every_n_train_steps=3"],
 }
 
 
@@ -349,3 +348,35 @@ def test_calibration_z_scores_maps_against_the_categorys_normal_maps(monkeypatch
     model._batch_categories = None
     with pytest.raises(DiffusionConfigError, match="needs each image's category"):
         model(images[:1])
+
+
+def test_loading_weights_drops_a_calibration_fitted_on_other_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = features_model(calibrate=True).eval()
+    monkeypatch.setattr(model, "distances", lambda image: torch.rand(image.shape[0], 1, 32, 32))
+    model.fit_calibration([{"image": Images().images[:4], "category": ["a"] * 4}])
+    assert set(model._calibration) == {"a"} and model._batch_categories is None
+    model.load_state_dict(features_model(calibrate=True).state_dict())
+    assert model._calibration == {}
+
+
+def test_each_parameter_group_is_clipped_on_its_own() -> None:
+    """The viewing decoder's large gradients must not shrink the denoiser's."""
+    model = features_model()
+    optimizer = model.configure_optimizers()
+    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+    denoiser, decoder = (group["params"] for group in optimizer.param_groups)
+    for p in denoiser:
+        p.grad = torch.full_like(p, 1e-4)
+    for p in decoder:
+        p.grad = torch.full_like(p, 10.0)
+    before = [p.grad.clone() for p in denoiser]
+    model.configure_gradient_clipping(optimizer, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
+    assert all(torch.equal(p.grad, b) for p, b in zip(denoiser, before, strict=True))
+    assert float(torch.cat([p.grad.flatten() for p in decoder]).norm()) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_feature_latent_sizes_and_scoring_layers_fail_with_one_clear_sentence() -> None:
+    with pytest.raises(DiffusionConfigError, match="model.features.downsampling=3 is not supported"):
+        tiny(latent="features", features={"downsampling": 3})
+    with pytest.raises(DiffusionConfigError, match=r"model.scoring.layers has \['blocks.2'\].*model.features.layers"):
+        tiny(latent="features", features={"layers": ["blocks.1"]}, scoring={"layers": ["blocks.1", "blocks.2"]})

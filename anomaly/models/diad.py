@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from functools import partial
 from typing import Any
 
@@ -51,7 +52,7 @@ def check_image_size(size: int | Sequence[int], factor: int) -> None:
             near = f"{lower} or {lower + factor}" if lower else str(factor)
             raise DiffusionConfigError(
                 f"data.image_size/crop_size={side} does not fit DiAD: image sides must be multiples of {factor} "
-                f"(autoencoder downsampling × 2^UNet levels); use e.g. {near}."
+                f"(latent downsampling × 2^UNet levels); use e.g. {near}."
             )
 
 
@@ -158,6 +159,8 @@ class DiAD(AnomalyModule):
         super().__init__(**kwargs)
         if latent not in LATENTS:
             raise DiffusionConfigError(f"model.latent={latent} is not valid; choose one of {list(LATENTS)}.")
+        if reference not in REFERENCES:
+            raise DiffusionConfigError(f"model.reference={reference} is not valid; choose one of {list(REFERENCES)}.")
         if latent == "features" and reference != "input":
             raise DiffusionConfigError("model.reference=autoencoder needs model.latent=autoencoder.")
         self.latent_kind = latent
@@ -204,8 +207,6 @@ class DiAD(AnomalyModule):
         self.sampler = make_scheduler(**dict(scheduler or {}))
         check_t_start(self.sampler, t_start, n_steps)
         self.t_start, self.n_steps = t_start, n_steps
-        if reference not in REFERENCES:
-            raise DiffusionConfigError(f"model.reference={reference} is not valid; choose one of {list(REFERENCES)}.")
         self.reference = reference
         total = self.scheduler.config.num_train_timesteps
         if t_train_max is not None and not t_start < t_train_max <= total:
@@ -214,6 +215,13 @@ class DiAD(AnomalyModule):
             )
         self.t_train_max = t_train_max
         self.scorer = FeatureDistance(backbone, **dict(scoring or {}))
+        if self.feature_latent is not None and self.scorer.layers is not None:
+            outside = [layer for layer in self.scorer.layers if layer not in self.feature_latent.layers]
+            if outside:
+                raise DiffusionConfigError(
+                    f"model.scoring.layers has {outside}, which model.features.layers leaves out of the latent; "
+                    "add them there or drop them from the scoring."
+                )
         self.calibrate = calibrate
         self._calibration: dict[str, tuple[Tensor, Tensor]] = {}
         self.ema = ModuleEMA(self.denoiser.trainable_modules(), ema_decay) if ema else None
@@ -316,18 +324,26 @@ class DiAD(AnomalyModule):
         ``batches``: dicts with ``image`` (or its normal ``source`` under synthesis) and ``category``.
         """
         sums: dict[str, list[Tensor]] = {}
-        training = self.training
+        training, batch_categories = self.training, self._batch_categories
+        precision = self.trainer.precision_plugin if self._trainer is not None else None
         self.eval()
-        for batch in batches:
-            image = batch.get("source")
-            image = (batch["image"] if image is None else image).to(self.device)
-            self._batch_categories = list(batch["category"])
-            for category, one in zip(self._batch_categories, self.distances(image).double(), strict=True):
-                total = sums.setdefault(category, [torch.zeros(()), torch.zeros_like(one), torch.zeros_like(one)])
-                total[0] += 1
-                total[1] += one
-                total[2] += one * one
-        self.train(training)
+        try:
+            # Under the trainer's precision, as the test maps are (its autocast wraps only test_step).
+            with precision.test_step_context() if precision is not None else nullcontext():
+                for batch in batches:
+                    image = batch.get("source")
+                    image = (batch["image"] if image is None else image).to(self.device)
+                    if precision is not None:
+                        image = precision.convert_input(image)
+                    self._batch_categories = list(batch["category"])
+                    for category, one in zip(self._batch_categories, self.distances(image).double(), strict=True):
+                        total = sums.setdefault(category, [torch.zeros(()), torch.zeros_like(one), torch.zeros_like(one)])
+                        total[0] += 1
+                        total[1] += one
+                        total[2] += one * one
+        finally:
+            self.train(training)
+            self._batch_categories = batch_categories
         self._calibration = {}
         for category, (n, first, second) in sums.items():
             if n < 2:
@@ -336,7 +352,8 @@ class DiAD(AnomalyModule):
                 )
             mean = first / n
             std = ((second / n - mean * mean).clamp_min(0) * n / (n - 1)).sqrt()
-            self._calibration[category] = (mean.float(), (std + 1e-3 * std.mean()).float())
+            floor = (1e-3 * std.mean()).clamp_min(1e-6)  # no spread (identical maps) must not divide by 0
+            self._calibration[category] = (mean.float(), (std + floor).float())
 
     def _calibrated(self, distances: Tensor) -> Tensor:
         batch = self._batch_categories
@@ -469,6 +486,21 @@ class DiAD(AnomalyModule):
             overrides["autoencoder"] = {"architecture": architecture_of(self.autoencoder)}
         return overrides
 
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip each parameter group on its own: the viewing decoder's (or the autoencoder's) gradients
+        must not change how much the denoiser's are scaled."""
+        if not gradient_clip_val:
+            return
+        for group in optimizer.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            elif params:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+
     def configure_optimizers(self) -> Any:
         params = [p for m in self.denoiser.trainable_modules().values() for p in m.parameters()]
         groups = [{"params": params, "lr": self.lr}]
@@ -479,7 +511,7 @@ class DiAD(AnomalyModule):
         if self.ae_fit_steps > 0:
             factors.append(partial(cosine_to_zero, steps=self.ae_fit_steps))
         if self.feature_decoder is not None:
-            groups.append({"params": list(self.feature_decoder.parameters()), "lr": self.decoder_lr})
+            groups.append({"params": list(self.feature_decoder.parameters()), "lr": self.decoder_lr, "weight_decay": 0.0})
             factors.append(warmup)
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
         if self.warmup_steps <= 0 and self.ae_fit_steps <= 0:
@@ -500,6 +532,15 @@ class DiAD(AnomalyModule):
 
     def on_train_start(self) -> None:
         self._calibration = {}  # the model changes: calibrate again before the next test
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """Load weights; the calibration fitted on other weights is dropped (refitted before testing)."""
+        self._calibration = {}
+        return super().load_state_dict(*args, **kwargs)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._calibration = {}
 
     def on_test_epoch_start(self) -> None:
         super().on_test_epoch_start()
