@@ -1,6 +1,6 @@
 """DiAD figures: paper-preset sizes (meta device), CPU-preset training and inference speed, peak RSS.
 
-Usage: ``python bench/diad.py [--experiment diad_cpu|diad_features_cpu] [--threads N] [--steps N]
+Usage: ``python bench/diad.py [--experiment diad_cpu|diad_pixel_cpu] [--threads N] [--steps N]
 [--images N]``. Inference cost is split into the latent (autoencoder encode + decode; for the
 feature latent: backbone + viewing decoder), the denoiser steps and the scoring. Training steps
 of the feature latent are timed with its feature cache warm (every epoch after the first).
@@ -57,7 +57,7 @@ def timed(fn, repeat: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--experiment", default="diad_cpu", choices=["diad_cpu", "diad_features_cpu"])
+    parser.add_argument("--experiment", default="diad_cpu", choices=["diad_cpu", "diad_pixel_cpu"])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--steps", type=int, default=10, help="timed training steps")
     parser.add_argument("--images", type=int, default=32, help="timed test images")
@@ -116,7 +116,8 @@ def main() -> None:
         else:
             score_s = timed(lambda: model.scorer(test, recon), repeat)
         if model.calibrate:  # calibration statistics from the same images (its pass costs one forward per image)
-            model.fit_calibration([{"image": test, "category": ["bench"] * eval_batch}] * 2)
+            other = torch.randn_like(test)
+            model.fit_calibration([{"image": x, "category": ["bench"] * eval_batch} for x in (test, other)])
             model._batch_categories = ["bench"] * eval_batch
         total_s = timed(lambda: model(test), repeat)
     per = 1000 / eval_batch
