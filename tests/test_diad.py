@@ -354,9 +354,9 @@ def test_loading_weights_drops_a_calibration_fitted_on_other_weights(monkeypatch
     model = features_model(calibrate=True).eval()
     monkeypatch.setattr(model, "distances", lambda image: torch.rand(image.shape[0], 1, 32, 32))
     model.fit_calibration([{"image": Images().images[:4], "category": ["a"] * 4}])
-    assert set(model._calibration) == {"a"} and model._batch_categories is None
+    assert set(model.calibration.statistics) == {"a"} and model._batch_categories is None
     model.load_state_dict(features_model(calibrate=True).state_dict())
-    assert model._calibration == {}
+    assert model.calibration.statistics == {}
 
 
 def test_each_parameter_group_is_clipped_on_its_own() -> None:

@@ -133,6 +133,10 @@ class AnomalyDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("train"), self.batch_size, shuffle=True)
 
+    def normal_train_dataloader(self) -> DataLoader:
+        """The training images in a fixed order at the evaluation batch size (statistics of normal maps)."""
+        return self._loader(self.dataset("train"), self.eval_batch_size, shuffle=False)
+
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("test"), self.eval_batch_size, shuffle=False)
 

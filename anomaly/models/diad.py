@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from anomaly.models.base import AnomalyModule
 from anomaly.models.lr_schedules import cosine_to_zero, linear_warmup, per_step
@@ -37,6 +36,7 @@ from anomaly.nn.diffusion.presets import DiffusionConfigError
 from anomaly.nn.diffusion.sampling import check_t_start, denoising_target, sample_timesteps
 from anomaly.nn.diffusion.unet import downsampling as unet_downsampling
 from anomaly.nn.feature_distance import FeatureDistance
+from anomaly.nn.map_calibration import MapCalibration
 
 
 class NonFiniteLossError(ValueError):
@@ -54,23 +54,6 @@ def check_image_size(size: int | Sequence[int], factor: int) -> None:
                 f"data.image_size/crop_size={side} does not fit DiAD: image sides must be multiples of {factor} "
                 f"(latent downsampling × 2^UNet levels); use e.g. {near}."
             )
-
-
-def checked_categories(
-    categories: Sequence[str] | None, known: Iterable[str], option: str, off: str, unknown_message: str
-) -> list[str]:
-    """The images' categories, present and all ``known``; otherwise one sentence naming ``option``.
-
-    ``unknown_message`` is formatted with ``unknown`` (the sorted unknown categories).
-    """
-    if categories is None:
-        raise DiffusionConfigError(
-            f"{option} needs each image's category; run the model through the trainer (test/predict) or use {off}."
-        )
-    unknown = sorted(set(categories) - set(known))
-    if unknown:
-        raise DiffusionConfigError(f"{option}: {unknown_message.format(unknown=unknown)}")
-    return list(categories)
 
 
 REFERENCES = ("input", "autoencoder")
@@ -163,7 +146,6 @@ class DiAD(AnomalyModule):
             raise DiffusionConfigError(f"model.reference={reference} is not valid; choose one of {list(REFERENCES)}.")
         if latent == "features" and reference != "input":
             raise DiffusionConfigError("model.reference=autoencoder needs model.latent=autoencoder.")
-        self.latent_kind = latent
         ae_spec = dict(autoencoder or {"preset": "kl-f8"})
         self.ae_fit_steps = int(ae_spec.pop("fit_steps", 0)) if latent == "autoencoder" else 0
         self.ae_lr = float(ae_spec.pop("lr", 1e-4))
@@ -223,7 +205,7 @@ class DiAD(AnomalyModule):
                     "add them there or drop them from the scoring."
                 )
         self.calibrate = calibrate
-        self._calibration: dict[str, tuple[Tensor, Tensor]] = {}
+        self.calibration = MapCalibration("model.calibrate", error=DiffusionConfigError)
         self.ema = ModuleEMA(self.denoiser.trainable_modules(), ema_decay) if ema else None
         if latent == "features":
             scale = 1.0  # the feature latent is standardised already
@@ -265,10 +247,16 @@ class DiAD(AnomalyModule):
     def _labels(self, categories: Sequence[str] | None, device: torch.device) -> Tensor | None:
         if self.denoiser.context.kind != "class":
             return None
-        categories = checked_categories(
-            categories, self.categories, "model.context.kind=class", "model.context.kind=empty",
-            f"categories {{unknown}} were not trained (known: {self.categories})."
-        )
+        if categories is None:
+            raise DiffusionConfigError(
+                "model.context.kind=class needs each image's category; run the model through the trainer "
+                "(test/predict) or use model.context.kind=empty."
+            )
+        unknown = sorted(set(categories) - set(self.categories))
+        if unknown:
+            raise DiffusionConfigError(
+                f"model.context.kind=class: categories {unknown} were not trained (known: {self.categories})."
+            )
         return torch.tensor([self.categories.index(c) for c in categories], device=device)
 
     def _noise(self, image: Tensor, shape: torch.Size) -> Tensor:
@@ -319,16 +307,16 @@ class DiAD(AnomalyModule):
     # -- calibration on normal training images ----------------------------------------------------
     @torch.no_grad()
     def fit_calibration(self, batches: Iterable[dict[str, Any]]) -> None:
-        """Per category, the per-pixel mean and std of the distance maps of normal images.
+        """Fit ``MapCalibration`` on normal images: their distance maps, in eval mode and under the
+        trainer's precision as the test maps are (its autocast wraps only ``test_step``).
 
         ``batches``: dicts with ``image`` (or its normal ``source`` under synthesis) and ``category``.
         """
-        sums: dict[str, list[Tensor]] = {}
         training, batch_categories = self.training, self._batch_categories
         precision = self.trainer.precision_plugin if self._trainer is not None else None
+        self.calibration.clear()
         self.eval()
         try:
-            # Under the trainer's precision, as the test maps are (its autocast wraps only test_step).
             with precision.test_step_context() if precision is not None else nullcontext():
                 for batch in batches:
                     image = batch.get("source")
@@ -336,48 +324,30 @@ class DiAD(AnomalyModule):
                     if precision is not None:
                         image = precision.convert_input(image)
                     self._batch_categories = list(batch["category"])
-                    for category, one in zip(self._batch_categories, self.distances(image).double(), strict=True):
-                        total = sums.setdefault(category, [torch.zeros(()), torch.zeros_like(one), torch.zeros_like(one)])
-                        total[0] += 1
-                        total[1] += one
-                        total[2] += one * one
+                    self.calibration.add(self._batch_categories, self.distances(image))
         finally:
             self.train(training)
             self._batch_categories = batch_categories
-        self._calibration = {}
-        for category, (n, first, second) in sums.items():
-            if n < 2:
-                raise DiffusionConfigError(
-                    f"model.calibrate=true needs at least 2 normal training images of '{category}', found {int(n)}."
-                )
-            mean = first / n
-            std = ((second / n - mean * mean).clamp_min(0) * n / (n - 1)).sqrt()
-            floor = (1e-3 * std.mean()).clamp_min(1e-6)  # no spread (identical maps) must not divide by 0
-            self._calibration[category] = (mean.float(), (std + floor).float())
+        self.calibration.finish()
 
     def _calibrated(self, distances: Tensor) -> Tensor:
         batch = self._batch_categories
-        categories = checked_categories(
-            batch if batch is not None and len(batch) == distances.shape[0] else None, self._calibration,
-            "model.calibrate=true", "model.calibrate=false",
-            "no normal maps of {unknown}; call fit_calibration on their training images first (the trainer "
-            "does so before testing).",
-        )
-        mean = torch.stack([self._calibration[c][0] for c in categories]).to(distances.device)
-        std = torch.stack([self._calibration[c][1] for c in categories]).to(distances.device)
-        return (distances - mean) / std
+        if batch is None or len(batch) != distances.shape[0]:
+            raise DiffusionConfigError(
+                "model.calibrate=true needs each image's category; run the model through the trainer "
+                "(test/predict) or use model.calibrate=false."
+            )
+        return self.calibration(distances, batch)
 
     def _calibrate_for_evaluation(self) -> None:
         """Fit the calibration on the data module's training images when it is on and not yet fitted."""
-        if not self.calibrate or (self._calibration and set(self.categories) <= set(self._calibration)):
+        if not self.calibrate or self.calibration.covers(self.categories):
             return
         datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or not hasattr(datamodule, "dataset"):
+        if datamodule is None or not hasattr(datamodule, "normal_train_dataloader"):
             raise DiffusionConfigError("model.calibrate=true needs an AnomalyDataModule with training images to calibrate on.")
         # A fixed order and batch size: a re-test of the checkpoint calibrates on identical batches.
-        loader = DataLoader(datamodule.dataset("train"), batch_size=datamodule.eval_batch_size, shuffle=False,
-                            num_workers=datamodule.num_workers)
-        self.fit_calibration(loader)
+        self.fit_calibration(datamodule.normal_train_dataloader())
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
         out = super().test_step(batch, batch_idx)
@@ -531,16 +501,16 @@ class DiAD(AnomalyModule):
         self._use_ema(False)
 
     def on_train_start(self) -> None:
-        self._calibration = {}  # the model changes: calibrate again before the next test
+        self.calibration.clear()  # the model changes: calibrate again before the next test
 
     def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
         """Load weights; the calibration fitted on other weights is dropped (refitted before testing)."""
-        self._calibration = {}
+        self.calibration.clear()
         return super().load_state_dict(*args, **kwargs)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        self._calibration = {}
+        self.calibration.clear()
 
     def on_test_epoch_start(self) -> None:
         super().on_test_epoch_start()
