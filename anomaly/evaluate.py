@@ -91,7 +91,7 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float | None]]:
     return {**per_category, **summary}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def _hydra_main(cfg: DictConfig) -> None:
     with user_errors():
         evaluate(cfg)

@@ -104,7 +104,7 @@ def synthesize(cfg: DictConfig) -> Bank:
     return bank
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="synthesize")
+@hydra.main(version_base="1.3", config_path="conf", config_name="synthesize")
 def _hydra_main(cfg: DictConfig) -> None:
     with user_errors():
         synthesize(cfg)

@@ -18,9 +18,10 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 import anomaly.config.resolvers  # noqa: F401 - ${anomaly.*} resolvers used by the model config
+from anomaly.conf import CONF_DIR
 from anomaly.nn.diffusion import SemanticGuidedBranch, build_autoencoder, build_unet, ddim_reconstruct
 
-CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+CONF = str(CONF_DIR)
 
 
 def millions(module: torch.nn.Module) -> float:

@@ -21,6 +21,7 @@ from hydra.core.global_hydra import GlobalHydra
 from torch.utils.data import DataLoader
 
 from anomaly.config.check import ConfigError
+from anomaly.conf import CONF_DIR
 from anomaly.config.precheck import precheck
 from anomaly.models.ddpm import DDPM
 from anomaly.nn.ddpm import DDPMConfigError, build_scheduler, build_unet, diffusion_loss
@@ -195,7 +196,7 @@ def test_checkpoint_keeps_categories_and_size_and_reloads(ckpt: Path) -> None:
 
 def synth_cfg(ckpt: Path, bank: Path, *overrides: str):
     GlobalHydra.instance().clear()
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return compose("synthesize", overrides=[f"ckpt_path={ckpt}", f"bank_dir={bank}", "n_per_class=3",
                                                 "batch_size=2", "sampler.num_steps=2", "progress=false",
                                                 "synthesis.bank=unused", *overrides])

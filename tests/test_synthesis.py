@@ -22,7 +22,7 @@ from anomaly.synthesis.perlin_noise import perlin_mask, perlin_noise
 from anomaly.synthesis.sdas import SDASSynthesis
 from anomaly.synthesis.textures import EmptyTextureFolderError, FolderTextures, OtherCategoryTextures
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from anomaly.conf import CONF_DIR as CONF
 H = W = 48
 
 

@@ -13,7 +13,7 @@ from hydra.errors import MissingConfigException
 
 from anomaly.config.check import ConfigError, check_override_keys
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+from anomaly.conf import CONF_DIR
 
 
 def group_options(group: str) -> list[str]:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterable, Sequence
-from contextlib import nullcontext
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -14,8 +13,9 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from anomaly.models.base import AnomalyModule
+from anomaly.models.base import AnomalyModule, build_block
 from anomaly.models.lr_schedules import cosine_to_zero, linear_warmup, per_step
+from anomaly.models.outputs import AnomalyOutput
 from anomaly.nn.diffusion import (
     Conditioning,
     ControlledDenoiser,
@@ -36,11 +36,6 @@ from anomaly.nn.diffusion.presets import DiffusionConfigError
 from anomaly.nn.diffusion.sampling import check_t_start, denoising_target, sample_timesteps
 from anomaly.nn.diffusion.unet import downsampling as unet_downsampling
 from anomaly.nn.feature_distance import FeatureDistance
-from anomaly.nn.map_calibration import MapCalibration
-
-
-class NonFiniteLossError(ValueError):
-    """The training loss became NaN or inf."""
 
 
 def check_image_size(size: int | Sequence[int], factor: int) -> None:
@@ -139,7 +134,8 @@ class DiAD(AnomalyModule):
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(calibrate=calibrate, **kwargs)
+        backbone = build_block(backbone)
         if latent not in LATENTS:
             raise DiffusionConfigError(f"model.latent={latent} is not valid; choose one of {list(LATENTS)}.")
         if reference not in REFERENCES:
@@ -204,8 +200,6 @@ class DiAD(AnomalyModule):
                     f"model.scoring.layers has {outside}, which model.features.layers leaves out of the latent; "
                     "add them there or drop them from the scoring."
                 )
-        self.calibrate = calibrate
-        self.calibration = MapCalibration("model.calibrate", error=DiffusionConfigError)
         self.ema = ModuleEMA(self.denoiser.trainable_modules(), ema_decay) if ema else None
         if latent == "features":
             scale = 1.0  # the feature latent is standardised already
@@ -216,11 +210,9 @@ class DiAD(AnomalyModule):
         self.register_buffer("latent_scale", torch.tensor(scale))
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.compile_models, self.seed = compile, seed
-        self._batch_categories: list[str] | None = None
         self._ema_swapped = False
         self._last_ema_step = -1
         self._warned_repair = False
-        self.last_reconstruction: Tensor | None = None
 
     # -- latents ----------------------------------------------------------------------------------
     def encode(self, image: Tensor, sample: bool = False, cached: bool = False) -> Tensor:
@@ -271,7 +263,7 @@ class DiAD(AnomalyModule):
     @torch.no_grad()
     def denoise(self, image: Tensor, z0: Tensor, categories: Sequence[str] | None = None) -> Tensor:
         """ẑ0: noise the latent ``z0`` of ``image`` to ``t_start``, DDIM with the image as hint."""
-        labels = self._labels(categories if categories is not None else self._batch_categories, image.device)
+        labels = self._labels(categories, image.device)
         noise = self._noise(image, z0.shape).to(z0.dtype)
         return ddim_reconstruct(
             lambda x, t: self.denoiser(x, t, image, labels), self.sampler, z0, self.t_start, self.n_steps, noise
@@ -284,75 +276,31 @@ class DiAD(AnomalyModule):
 
     @torch.no_grad()
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        """``(anomaly_map B×1×H×W, score B)``; the reconstruction is kept in ``last_reconstruction``."""
-        distances = self.distances(image)
-        if self.calibrate:
-            distances = self._calibrated(distances)
-        return self.scorer.finish(distances)
+        """``(anomaly_map B×1×H×W, score B)`` of images alone (export; class conditioning needs a batch)."""
+        return self.finish_map(self.distances(image)[0])
+
+    def finish_map(self, raw_map: Tensor) -> tuple[Tensor, Tensor]:
+        return self.scorer.finish(raw_map)
 
     @torch.no_grad()
-    def distances(self, image: Tensor) -> Tensor:
-        """Feature distances B×1×H×W of the image and its reconstruction, before blur and pooling."""
+    def score_batch(self, batch: Mapping[str, Any]) -> AnomalyOutput:
+        image = batch["image"]
+        raw, reconstruction = self.distances(image, list(batch["category"]))
+        return AnomalyOutput(*self.finish_map(raw), reconstruction=reconstruction, raw_map=raw)
+
+    @torch.no_grad()
+    def distances(self, image: Tensor, categories: Sequence[str] | None = None) -> tuple[Tensor, Tensor]:
+        """Feature distances B×1×H×W of the image and its reconstruction (before blur and pooling), and
+        the reconstruction."""
         z0 = self.encode(image)
-        denoised = self.denoise(image, z0)
+        denoised = self.denoise(image, z0, categories)
         reconstruction = self.decode(denoised).to(image.dtype)
-        self.last_reconstruction = reconstruction
         if self.feature_latent is not None:
             standardised = self.scorer.distance == "l2"  # every channel weighs the same
             a, b = (self.feature_latent.split(z, standardised) for z in (z0, denoised))
-            return self.scorer.feature_distances(a, b, image.shape[-2:])
+            return self.scorer.feature_distances(a, b, image.shape[-2:]), reconstruction
         reference = image if self.reference == "input" else self.decode(z0).to(image.dtype)
-        return self.scorer.distances(reference, reconstruction)
-
-    # -- calibration on normal training images ----------------------------------------------------
-    @torch.no_grad()
-    def fit_calibration(self, batches: Iterable[dict[str, Any]]) -> None:
-        """Fit ``MapCalibration`` on normal images: their distance maps, in eval mode and under the
-        trainer's precision as the test maps are (its autocast wraps only ``test_step``).
-
-        ``batches``: dicts with ``image`` (or its normal ``source`` under synthesis) and ``category``.
-        """
-        training, batch_categories = self.training, self._batch_categories
-        precision = self.trainer.precision_plugin if self._trainer is not None else None
-        self.calibration.clear()
-        self.eval()
-        try:
-            with precision.test_step_context() if precision is not None else nullcontext():
-                for batch in batches:
-                    image = batch.get("source")
-                    image = (batch["image"] if image is None else image).to(self.device)
-                    if precision is not None:
-                        image = precision.convert_input(image)
-                    self._batch_categories = list(batch["category"])
-                    self.calibration.add(self._batch_categories, self.distances(image))
-        finally:
-            self.train(training)
-            self._batch_categories = batch_categories
-        self.calibration.finish()
-
-    def _calibrated(self, distances: Tensor) -> Tensor:
-        batch = self._batch_categories
-        if batch is None or len(batch) != distances.shape[0]:
-            raise DiffusionConfigError(
-                "model.calibrate=true needs each image's category; run the model through the trainer "
-                "(test/predict) or use model.calibrate=false."
-            )
-        return self.calibration(distances, batch)
-
-    def _calibrate_for_evaluation(self) -> None:
-        """Fit the calibration on the data module's training images when it is on and not yet fitted."""
-        if not self.calibrate or self.calibration.covers(self.categories):
-            return
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or not hasattr(datamodule, "normal_train_dataloader"):
-            raise DiffusionConfigError("model.calibrate=true needs an AnomalyDataModule with training images to calibrate on.")
-        # A fixed order and batch size: a re-test of the checkpoint calibrates on identical batches.
-        self.fit_calibration(datamodule.normal_train_dataloader())
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        out = super().test_step(batch, batch_idx)
-        out["reconstruction"] = self.last_reconstruction
-        return out
+        return self.scorer.distances(reference, reconstruction), reconstruction
 
     # -- training ---------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -413,12 +361,6 @@ class DiAD(AnomalyModule):
                 decoded = F.l1_loss(self.feature_decoder(z0).float(), normal.float())
                 self.log("train/decoder_l1", decoded, batch_size=image.shape[0])
                 loss = loss + decoded
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"DiAD's {name} became {float(loss)} at step {self.global_step}; the last good checkpoint is "
-                "kept. Lower model.lr, set trainer.gradient_clip_val=1.0 or use trainer.precision=32-true, "
-                "then resume with ckpt_path=last."
-            )
         self.log(name, loss, prog_bar=True, batch_size=image.shape[0])
         return loss
 
@@ -488,7 +430,7 @@ class DiAD(AnomalyModule):
             return optimizer
         return per_step(optimizer, factors)
 
-    # -- EMA weights for evaluation and the batch's categories for class conditioning -------------
+    # -- EMA weights for evaluation ----------------------------------------------------------------
     def _use_ema(self, on: bool) -> None:
         if self.ema is not None and self.ema.updates > 0 and self._ema_swapped != on:
             self.ema.swap()
@@ -496,40 +438,23 @@ class DiAD(AnomalyModule):
 
     def on_validation_epoch_start(self) -> None:
         self._use_ema(True)
+        super().on_validation_epoch_start()
 
     def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
         self._use_ema(False)
-
-    def on_train_start(self) -> None:
-        self.calibration.clear()  # the model changes: calibrate again before the next test
-
-    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
-        """Load weights; the calibration fitted on other weights is dropped (refitted before testing)."""
-        self.calibration.clear()
-        return super().load_state_dict(*args, **kwargs)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        self.calibration.clear()
 
     def on_test_epoch_start(self) -> None:
-        super().on_test_epoch_start()
         self._use_ema(True)
-        self._calibrate_for_evaluation()
+        super().on_test_epoch_start()
 
     def on_test_epoch_end(self) -> None:
-        self._use_ema(False)
         super().on_test_epoch_end()
+        self._use_ema(False)
 
     def on_predict_epoch_start(self) -> None:
         self._use_ema(True)
-        self._calibrate_for_evaluation()
+        super().on_predict_epoch_start()
 
     def on_predict_epoch_end(self) -> None:
         self._use_ema(False)
-
-    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._batch_categories = list(batch["category"])
-
-    on_validation_batch_start = on_test_batch_start
-    on_predict_batch_start = on_test_batch_start

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from anomaly.models.base import AnomalyModule
+from anomaly.models.base import AnomalyModule, build_block
 from anomaly.models.lr_schedules import check_schedule, over_run
+from anomaly.models.outputs import AnomalyOutput
 from anomaly.nn.diffusion import architecture_of, autoencoder_loss, build_autoencoder
 from anomaly.nn.feature_distance import pooled_max
 from anomaly.nn.smoothing import gaussian_blur
@@ -52,7 +54,7 @@ class DiADAutoencoder(AnomalyModule):
         perceptual: optional frozen backbone for a perceptual term; perceptual_weight: its weight.
         sigma, pool_size, pool_iters: blur and image-score pooling of the error map.
         download: allow fetching a hub id of ``autoencoder.weights``.
-        **kwargs: ``AnomalyModule`` options (metrics).
+        **kwargs: ``AnomalyModule`` options (evaluator, calibrate).
     """
 
     def __init__(
@@ -61,7 +63,7 @@ class DiADAutoencoder(AnomalyModule):
         lr: float = 1e-4,
         lr_schedule: str = "constant",
         kl_weight: float = 1e-6,
-        perceptual: nn.Module | None = None,
+        perceptual: nn.Module | Mapping[str, Any] | None = None,
         perceptual_weight: float = 1.0,
         sigma: float = 4.0,
         pool_size: int = 8,
@@ -71,37 +73,35 @@ class DiADAutoencoder(AnomalyModule):
     ) -> None:
         super().__init__(**kwargs)
         self.autoencoder = build_autoencoder(download=download, **dict(autoencoder or {"preset": "kl-f8"}))
-        self.perceptual = FeaturePerceptual(perceptual) if perceptual is not None else None
+        self.perceptual = FeaturePerceptual(build_block(perceptual)) if perceptual is not None else None
         self.lr, self.lr_schedule = lr, check_schedule(lr_schedule)
         self.kl_weight, self.perceptual_weight = kl_weight, perceptual_weight
         self.sigma, self.pool_size, self.pool_iters = sigma, pool_size, pool_iters
-        self.last_reconstruction: Tensor | None = None
 
-    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        """Blurred L1 error map of the reconstruction (posterior mode) and its pooled maximum."""
+    def reconstruct(self, image: Tensor) -> Tensor:
+        """The autoencoder's reconstruction (posterior mode)."""
         with torch.no_grad():
-            reconstruction = self.autoencoder.decode(self.autoencoder.encode(image).latent_dist.mode()).sample
-        self.last_reconstruction = reconstruction
-        anomaly_map = gaussian_blur((image - reconstruction).abs().mean(1, keepdim=True), self.sigma)
+            return self.autoencoder.decode(self.autoencoder.encode(image).latent_dist.mode()).sample
+
+    def finish_map(self, raw_map: Tensor) -> tuple[Tensor, Tensor]:
+        anomaly_map = gaussian_blur(raw_map, self.sigma)
         return anomaly_map, pooled_max(anomaly_map, self.pool_size, self.pool_iters)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        out = super().test_step(batch, batch_idx)
-        out["reconstruction"] = self.last_reconstruction
-        return out
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        """Blurred L1 error map of the reconstruction and its pooled maximum."""
+        return self.finish_map((image - self.reconstruct(image)).abs().mean(1, keepdim=True))
+
+    def score_batch(self, batch: Mapping[str, Any]) -> AnomalyOutput:
+        image = batch["image"]
+        reconstruction = self.reconstruct(image)
+        raw = (image - reconstruction).abs().mean(1, keepdim=True)
+        return AnomalyOutput(*self.finish_map(raw), reconstruction=reconstruction, raw_map=raw)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         image = batch.get("source", batch["image"])  # normal images only, also under a synthesis strategy
         loss, parts, _ = autoencoder_loss(
             self.autoencoder, image, self.kl_weight, self.perceptual, self.perceptual_weight
         )
-        if not torch.isfinite(loss):
-            from anomaly.models.diad import NonFiniteLossError
-
-            raise NonFiniteLossError(
-                f"The autoencoder loss became {float(loss)} at step {self.global_step}; the last good checkpoint "
-                "is kept. Lower model.lr or set trainer.gradient_clip_val=1.0, then resume with ckpt_path=last."
-            )
         self.log("train/loss", loss, prog_bar=True, batch_size=image.shape[0])
         self.log_dict({f"train/{k}": v for k, v in parts.items()}, batch_size=image.shape[0])
         return loss

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from anomaly.models.base import AnomalyModule
+from anomaly.models.base import AnomalyModule, build_block
 from anomaly.nn.backbone import FeatureExtractor
 from anomaly.nn.padim import PadimModel
 
@@ -21,16 +21,16 @@ class Padim(AnomalyModule):
     processes. Extra epochs refit from scratch and give the same model.
 
     Args:
-        backbone: frozen feature extractor (``model.backbone.*``).
+        backbone: frozen feature extractor (``model.backbone.*``: a config node, or a module).
         input_size: side or (height, width) of the images fed to the model (after any crop).
         n_features: random channel subset size (R18-Rd100: 100; WR50-Rd550: 550).
         epsilon: covariance ridge; sigma: map blur; seed: channel subset seed.
-        **kwargs: ``AnomalyModule`` options (metrics).
+        **kwargs: ``AnomalyModule`` options (evaluator, calibrate).
     """
 
     def __init__(
         self,
-        backbone: FeatureExtractor,
+        backbone: FeatureExtractor | Mapping[str, Any],
         input_size: int | Sequence[int] = 224,
         n_features: int | None = 100,
         epsilon: float = 0.01,
@@ -41,7 +41,7 @@ class Padim(AnomalyModule):
     ) -> None:
         super().__init__(**kwargs)
         size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-        self.model = PadimModel(backbone, size, n_features, epsilon, sigma, seed, chunk)
+        self.model = PadimModel(build_block(backbone), size, n_features, epsilon, sigma, seed, chunk)
         self.automatic_optimization = False
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
@@ -51,8 +51,10 @@ class Padim(AnomalyModule):
         self.model.gaussian.reset()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        # Under a synthesis strategy the Gaussians still describe normal images only: its ``source``.
+        images = batch.get("source", batch["image"])
         with torch.no_grad():
-            self.model.gaussian.accumulate(self.model.embed(batch["image"]))
+            self.model.gaussian.accumulate(self.model.embed(images))
 
     def on_train_epoch_end(self) -> None:
         self.model.gaussian.finalize(reduce=self.trainer.world_size > 1)

@@ -87,7 +87,7 @@ def write_gallery(cfg: DictConfig) -> Path:
     return out
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="gallery")
+@hydra.main(version_base="1.3", config_path="../conf", config_name="gallery")
 def _hydra_main(cfg: DictConfig) -> None:
     from anomaly.utils.errors import user_errors
 
