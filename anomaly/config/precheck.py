@@ -1,4 +1,9 @@
-"""Check command-line overrides against the composed config before Hydra runs the job."""
+"""Check command-line overrides against the composed config before Hydra runs the job.
+
+The config search path is the one Hydra will use: the package's ``pkg://anomaly.conf`` plus a user's
+``--config-dir`` / ``-cd`` folder and ``hydra.searchpath=[...]`` entries, so options a user adds in
+their own folder compose and pass.
+"""
 
 from __future__ import annotations
 
@@ -8,51 +13,90 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
-from hydra.errors import MissingConfigException
+from hydra import compose, initialize_config_module
+from hydra.errors import HydraException
 
+import anomaly.config.resolvers  # noqa: F401 - registers ${anomaly.*} for every entry point
+from anomaly.conf import CONF_DIR
 from anomaly.config.check import ConfigError, check_override_keys
 
-from anomaly.conf import CONF_DIR
+INTERNAL_GROUPS = {"base", "hydra", "__pycache__"}
 
 
-def group_options(group: str) -> list[str]:
-    """The options of a config group (YAML file names in ``conf/<group>/``)."""
-    folder = CONF_DIR / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+def user_config_dirs(argv: Sequence[str]) -> list[Path]:
+    """Folders a command line adds to the search path (``--config-dir``/``-cd``, ``hydra.searchpath``)."""
+    dirs: list[Path] = []
+    for i, arg in enumerate(argv):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
+            dirs.append(Path(argv[i + 1]))
+        elif arg.startswith("--config-dir="):
+            dirs.append(Path(arg.split("=", 1)[1]))
+        elif arg.lstrip("+").startswith("hydra.searchpath="):
+            for entry in arg.split("=", 1)[1].strip("[]").split(","):
+                entry = entry.strip().strip("'\"")
+                if entry.startswith("file://"):
+                    dirs.append(Path(entry[len("file://"):]))
+    return [d.expanduser() for d in dirs]
+
+
+def group_options(group: str, extra_dirs: Sequence[Path] = ()) -> list[str]:
+    """The options of a config group: YAML names in ``<dir>/<group>/`` over the search path."""
+    names: set[str] = set()
+    for root in (CONF_DIR, *extra_dirs):
+        folder = root / group
+        if folder.is_dir():
+            names.update(p.stem for p in folder.glob("*.yaml"))
+    return sorted(names)
+
+
+def _groups(extra_dirs: Sequence[Path]) -> set[str]:
+    found = {p.name for root in (CONF_DIR, *extra_dirs) if root.is_dir() for p in root.iterdir() if p.is_dir()}
+    return found - INTERNAL_GROUPS
 
 
 def precheck(config_name: str, argv: Sequence[str]) -> None:
     """Raise ``ConfigError`` for an unknown group option or key among ``argv``'s overrides.
 
-    Sweep values (``a,b``) are checked one by one for groups; keys are checked once.
+    Sweep values (``a,b``) are checked one by one for groups; keys are checked once, on the config
+    composed with the first value of every swept group.
     """
-    groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    extra = user_config_dirs(argv)
+    groups = _groups(extra)
     group_overrides: list[str] = []
     key_overrides: list[str] = []
+    skip_next = False
     for arg in argv:
+        if skip_next:
+            skip_next = False
+            continue
+        if arg in ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp"):
+            skip_next = True
+            continue
         if arg.startswith("-") or "=" not in arg:
             continue
         key, value = arg.split("=", 1)
         bare = key.lstrip("+~")
         if bare.startswith("hydra"):
             continue
-        if bare in groups:
+        group = bare.split("@", 1)[0]
+        if group in groups:
+            options = group_options(group, extra)
             for choice in [v.strip() for v in value.split(",")] if value not in ("null", "") else []:
-                options = group_options(bare)
                 if choice not in options:
                     close = difflib.get_close_matches(choice, options, n=1)
-                    hint = f"did you mean {bare}={close[0]}?" if close else f"options: {', '.join(options)}."
-                    raise ConfigError(f"{bare}={choice} is not an option of group '{bare}'; {hint}")
-            first = value.split(",")[0].strip()
-            group_overrides.append(f"{key}={first}")
+                    hint = f"did you mean {group}={close[0]}?" if close else f"options: {', '.join(options)}."
+                    raise ConfigError(f"{group}={choice} is not an option of group '{group}'; {hint}")
+            group_overrides.append(f"{key}={value.split(',')[0].strip()}")
         else:
             key_overrides.append(arg)
+    if not key_overrides:
+        return  # group choices are checked above; Hydra composes the rest
+    searchpath = [f"hydra.searchpath=[{','.join(f'file://{d.resolve()}' for d in extra)}]"] if extra else []
     try:
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name, overrides=group_overrides)
-    except MissingConfigException as error:
-        raise ConfigError(str(error).splitlines()[0]) from error
+        with initialize_config_module("anomaly.conf", version_base="1.3"):
+            cfg = compose(config_name, overrides=[*group_overrides, *searchpath])
+    except HydraException as error:
+        raise ConfigError(str(error).strip().splitlines()[0]) from error
     check_override_keys(cfg, [_first_value(o) for o in key_overrides])
 
 

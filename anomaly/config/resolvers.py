@@ -1,10 +1,14 @@
-"""OmegaConf resolvers used by the YAML files in ``conf/``."""
+"""OmegaConf resolvers used by the YAML files in ``anomaly/conf``."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
+
+_UNIQUE: dict[str, str] = {}
 
 
 def _input_size(image_size: Any, crop_size: Any = None) -> Any:
@@ -12,10 +16,44 @@ def _input_size(image_size: Any, crop_size: Any = None) -> Any:
     return image_size if crop_size in (None, "null", "None") else crop_size
 
 
+def _if_validating(val: Any, yes: Any, no: Any = None) -> Any:
+    """``yes`` when the run has a validation split (``data.val`` other than ``none``), else ``no``."""
+    return no if val in (None, "none", "None", "null") else yes
+
+
+def _unique_dir(path: str) -> str:
+    """``path``, or ``path_2``, ``path_3`` ... : the first that did not exist, created now (atomic
+    ``mkdir``), so two runs started in the same second get two folders. Stable within a process."""
+    if path not in _UNIQUE:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        candidate, n = path, 1
+        while True:
+            try:
+                os.mkdir(candidate)
+                break
+            except FileExistsError:
+                n += 1
+                candidate = f"{path}_{n}"
+        _UNIQUE[path] = candidate
+    return _UNIQUE[path]
+
+
+def _suffix(unit: Any) -> str:
+    """``_<unit>`` for a category, nothing for the unified setting's empty unit."""
+    return f"_{unit}" if unit not in (None, "") else ""
+
+
 def register_resolvers() -> None:
-    """Register ``${anomaly.input_size:image,crop}`` (idempotent)."""
-    if not OmegaConf.has_resolver("anomaly.input_size"):
-        OmegaConf.register_new_resolver("anomaly.input_size", _input_size)
+    """Register the ``${anomaly.*}`` resolvers (idempotent)."""
+    for name, function in {
+        "anomaly.input_size": _input_size,
+        "anomaly.if_validating": _if_validating,
+        "anomaly.unique_dir": _unique_dir,
+        "anomaly.suffix": _suffix,
+        "anomaly.basename": lambda path: Path(str(path)).name,
+    }.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, function)
 
 
 register_resolvers()

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from anomaly.data.dataset import AnomalyDataset, Synthesis, check_records
 from anomaly.data.errors import DataError
 from anomaly.data.record import Layout, Record
 from anomaly.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from anomaly.data.validation import ValMode, check_val, held_out, listing
 
 Setting = Literal["separate", "unified"]
 
 
 class AnomalyDataModule(L.LightningDataModule):
-    """Train (normal images) and test loaders for one category, a list of them, or ``all``.
+    """Train (normal images), validation and test loaders for one category, a list of them, or ``all``.
 
     Args:
         root: data set folder.
@@ -30,6 +32,12 @@ class AnomalyDataModule(L.LightningDataModule):
         prepare: optional callable ``(root) -> None`` run once before reading (e.g. generating the
             embedded synthetic data set).
         synthesis: optional anomaly synthesis strategy applied to training images.
+        val: the validation split — ``synthetic`` (``val_fraction`` of the normal training images
+            held out, plus a copy of each with an anomaly from ``val_synthesis``, the same every
+            epoch), ``from_test`` (``val_fraction`` of the test images moved out of the test set,
+            per category and label) or ``none``. Which images: ``validation_listing()``.
+        val_fraction, val_seed: size of the held-out part and its seed.
+        val_synthesis: the strategy making the synthetic validation anomalies.
 
     Example:
         >>> dm = AnomalyDataModule("data/mvtec", MVTecLayout(), category="bottle")  # doctest: +SKIP
@@ -51,8 +59,15 @@ class AnomalyDataModule(L.LightningDataModule):
         num_workers: int = 0,
         prepare: Callable[[Path], Any] | None = None,
         synthesis: Synthesis | None = None,
+        val: ValMode = "none",
+        val_fraction: float = 0.2,
+        val_seed: int = 0,
+        val_synthesis: Synthesis | None = None,
     ) -> None:
         super().__init__()
+        check_val(val, val_fraction)
+        if val == "synthetic" and val_synthesis is None:
+            raise DataError("data.val=synthetic needs data.val_synthesis (e.g. synthesis@data.val_synthesis=perlin).")
         if setting not in ("separate", "unified"):
             raise DataError(f"data.setting={setting} is not valid; use separate or unified.")
         self.root = Path(root).expanduser()
@@ -65,6 +80,8 @@ class AnomalyDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.prepare = prepare
         self.synthesis = synthesis
+        self.val, self.val_fraction, self.val_seed, self.val_synthesis = val, val_fraction, val_seed, val_synthesis
+        self._held_out: set[Record] | None = None
         self._categories: list[str] | None = None
         self._records: dict[str, list[Record]] = {}
 
@@ -95,7 +112,7 @@ class AnomalyDataModule(L.LightningDataModule):
         clone = AnomalyDataModule.__new__(AnomalyDataModule)
         clone.__dict__.update(self.__dict__)
         L.LightningDataModule.__init__(clone)
-        clone.category, clone._categories, clone._records = category, None, {}
+        clone.category, clone._categories, clone._records, clone._held_out = category, None, {}, None
         return clone
 
     def records(self, split: Literal["train", "test"]) -> list[Record]:
@@ -111,24 +128,48 @@ class AnomalyDataModule(L.LightningDataModule):
             self._records[split] = records
         return self._records[split]
 
+    def held_out(self) -> set[Record]:
+        """The records that left train (``synthetic``) or test (``from_test``) for validation."""
+        if self._held_out is None:
+            if self.val == "synthetic":
+                normal = [r for r in self.records("train") if r.label == 0]
+                self._held_out = held_out(normal, self.val_fraction, self.val_seed, "training")
+            elif self.val == "from_test":
+                self._held_out = held_out(self.records("test"), self.val_fraction, self.val_seed, "test")
+            else:
+                self._held_out = set()
+        return self._held_out
+
+    def validation_listing(self) -> list[dict[str, object]]:
+        """The validation images (for ``val_split.json`` in the run folder); empty without validation."""
+        if self.val == "none":
+            return []
+        origin = "train" if self.val == "synthetic" else "test"
+        pool = self.records("train" if origin == "train" else "test")
+        return listing([r for r in pool if r in self.held_out()], origin)
+
     def setup(self, stage: str | None = None) -> None:
         """Read the layout for the stage's split (fails early with a clear message)."""
         self.records("train" if stage == "fit" else "test")
+        if stage in ("fit", "validate"):
+            self.held_out()
 
-    def dataset(self, split: Literal["train", "test"]) -> AnomalyDataset:
+    def dataset(self, split: Literal["train", "val", "test"]) -> Dataset:
         """The dataset of one split; the synthesis strategy applies to ``train`` only."""
+        options = {"image_size": self.image_size, "crop_size": self.crop_size, "mean": self.mean, "std": self.std}
+        held = self.held_out()
         if split == "train":
-            records = [r for r in self.records("train") if r.label == 0]
-        else:
-            records = self.records("test")
-        return AnomalyDataset(
-            records,
-            self.image_size,
-            self.crop_size,
-            self.mean,
-            self.std,
-            synthesis=self.synthesis if split == "train" else None,
-        )
+            records = [r for r in self.records("train") if r.label == 0 and r not in held]
+            return AnomalyDataset(records, synthesis=self.synthesis, **options)
+        if split == "test":
+            return AnomalyDataset([r for r in self.records("test") if r not in held], **options)
+        if self.val == "from_test":
+            return AnomalyDataset([r for r in self.records("test") if r in held], **options)
+        normal = [r for r in self.records("train") if r in held]
+        always = copy.copy(self.val_synthesis)
+        always.normal_probability = 0.0  # every copy anomalous; the originals are the normal half
+        anomalous = AnomalyDataset(normal, synthesis=always, seed=self.val_seed, with_source=False, **options)
+        return ConcatDataset([AnomalyDataset(normal, **options), anomalous])
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("train"), self.batch_size, shuffle=True)
@@ -137,13 +178,19 @@ class AnomalyDataModule(L.LightningDataModule):
         """The training images in a fixed order at the evaluation batch size (statistics of normal maps)."""
         return self._loader(self.dataset("train"), self.eval_batch_size, shuffle=False)
 
+    def val_dataloader(self) -> DataLoader | list:
+        """The validation loader (an empty list, which Lightning skips, when ``val=none``)."""
+        if self.val == "none":
+            return []
+        return self._loader(self.dataset("val"), self.eval_batch_size, shuffle=False)
+
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("test"), self.eval_batch_size, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
 
-    def _loader(self, dataset: AnomalyDataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,

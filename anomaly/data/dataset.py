@@ -28,6 +28,9 @@ class AnomalyDataset(Dataset):
             geometry and before normalisation (training only); its mask becomes ``mask``,
             ``label`` is 1 when the mask has any pixel, and ``source`` holds the image before the
             synthesis (the normal target of methods that learn to repair anomalies).
+        seed: with a seed, sample ``i``'s synthesis draws from ``(seed, i)``: the same anomaly every
+            epoch (the validation split); without, from torch's generator (new each epoch).
+        with_source: include ``source`` under synthesis (training; validation needs none).
     """
 
     def __init__(
@@ -38,8 +41,11 @@ class AnomalyDataset(Dataset):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         synthesis: Synthesis | None = None,
+        seed: int | None = None,
+        with_source: bool = True,
     ) -> None:
         self.records = list(records)
+        self.seed, self.with_source = seed, with_source
         self.geometry = geometry(image_size, crop_size)
         self.mean, self.std = tuple(mean), tuple(std)
         self.synthesis = synthesis
@@ -59,9 +65,11 @@ class AnomalyDataset(Dataset):
         label = record.label
         extra: dict[str, Any] = {}
         if self.synthesis is not None:
-            extra["source"] = to_tensor(image, self.mean, self.std)
+            if self.with_source:
+                extra["source"] = to_tensor(image, self.mean, self.std)
             # Drawn from torch's generator: deterministic under a seed, different per epoch and worker.
-            rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+            draw = int(torch.randint(0, 2**62, (1,)).item()) if self.seed is None else [self.seed, index]
+            rng = np.random.default_rng(draw)
             image, mask = self.synthesis(image, rng, record.category)
             mask = mask.astype(np.float32)
             label = int(mask.any())

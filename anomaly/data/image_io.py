@@ -17,10 +17,21 @@ def _decode(path: str | Path, kind: str) -> np.ndarray:
         raise DataError(f"{kind} file {path} does not exist; check data.root and the data set layout.")
     try:
         data = np.fromfile(path, dtype=np.uint8)
-        array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    except (cv2.error, OSError) as error:
+    except OSError as error:
+        raise DataError(f"{kind} file {path} cannot be read ({error}); check its permissions.") from error
+    if not data.size:
+        raise DataError(f"{kind} file {path} is empty; replace or remove the file.")
+    if _truncated(data):
+        # Some decoders fill the missing rows with grey instead of failing: refuse before decoding.
         raise DataError(
-            f"{kind} file {path} cannot be read ({error}); replace or remove the file."
+            f"{kind} file {path} is truncated (an interrupted copy or download?); "
+            "copy it again, or replace or remove the file."
+        )
+    try:
+        array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error as error:
+        raise DataError(
+            f"{kind} file {path} cannot be decoded ({error}); replace or remove the file."
         ) from error
     if array is None:
         raise DataError(
@@ -28,6 +39,29 @@ def _decode(path: str | Path, kind: str) -> np.ndarray:
             "replace or remove the file."
         )
     return array
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC: the last 8 bytes of every complete PNG
+_JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
+
+
+def _truncated(data: np.ndarray) -> bool:
+    """True for a PNG or JPEG whose end marker is missing (bytes cut off); other formats are not checked.
+
+    Bytes after the end marker are ignored by decoders, so the marker is searched for, not expected last.
+    """
+    head = data[:8].tobytes()
+    if head.startswith(_PNG_SIGNATURE):
+        return not _contains(data, _PNG_END)
+    if head.startswith(_JPEG_START):
+        return not _contains(data[2:], _JPEG_END)
+    return False
+
+
+def _contains(data: np.ndarray, marker: bytes) -> bool:
+    """Whether ``marker`` occurs in ``data``, looking at the last 4 KiB first (where it usually is)."""
+    return marker in data[-4096:].tobytes() or marker in data.tobytes()
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:

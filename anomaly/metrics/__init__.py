@@ -16,7 +16,7 @@ Example:
 
 from anomaly.metrics.base import CurveMetric
 from anomaly.metrics.checks import MetricInputError
-from anomaly.metrics.collection import MEAN, POOLED, AnomalyMetrics
+from anomaly.metrics.collection import MEAN, POOLED, AnomalyMetrics, mean_over_categories
 from anomaly.metrics.evaluation import Evaluation
 from anomaly.metrics.image import ImageAP, ImageAUROC, ImageF1Max, ImageMetrics
 from anomaly.metrics.names import (
@@ -51,4 +51,5 @@ __all__ = [
     "PixelAUROC",
     "PixelF1Max",
     "PixelMetrics",
+    "mean_over_categories",
 ]

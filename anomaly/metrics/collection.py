@@ -164,18 +164,9 @@ class AnomalyMetrics(nn.Module):
         self.reasons, self.error_bounds = {}, {}
 
     def _mean(self, results: Results) -> tuple[dict[str, float | None], dict[str, str], dict[str, float]]:
-        means: dict[str, float | None] = {}
-        reasons: dict[str, str] = {}
-        bounds: dict[str, float] = {}
-        for metric in self.metrics:
-            values = [results[c][metric] for c in self.categories]
-            missing = [c for c, v in zip(self.categories, values, strict=True) if v is None]
-            if missing:
-                means[metric] = None
-                reasons[metric] = f"undefined for categories {missing} (a mean over fewer categories is not comparable)"
-            else:
-                means[metric] = math.fsum(values) / len(values)
-            bounds[metric] = math.fsum(self.error_bounds[c][metric] for c in self.categories) / len(self.categories)
+        means, reasons = mean_over_categories({c: results[c] for c in self.categories}, self.metrics)
+        bounds = {metric: math.fsum(self.error_bounds[c][metric] for c in self.categories) / len(self.categories)
+                  for metric in self.metrics}
         return means, reasons, bounds
 
     def _warn(self) -> None:
@@ -190,6 +181,29 @@ class AnomalyMetrics(nn.Module):
                 f"AnomalyMetrics: binned values may be off by more than {self.tolerance:g} from exact: "
                 + ", ".join(loose) + "; use more bins or mode='exact'.", UserWarning
             )
+
+
+def mean_over_categories(
+    per_category: Results, metrics: Sequence[str] | None = None
+) -> tuple[dict[str, float | None], dict[str, str]]:
+    """The mean of each metric over categories, and why a mean is undefined: a metric undefined in
+    any category has no mean (a mean over a subset of categories is not comparable).
+
+    The one mean of the project: the collection's ``mean`` group and the entry points' results over
+    the categories of the ``separate`` setting both come from here.
+    """
+    names = list(metrics) if metrics is not None else sorted({m for values in per_category.values() for m in values})
+    means: dict[str, float | None] = {}
+    reasons: dict[str, str] = {}
+    for metric in names:
+        values = [per_category[c].get(metric) for c in per_category]
+        missing = [c for c, v in zip(per_category, values, strict=True) if v is None or math.isnan(float(v))]
+        if missing:
+            means[metric] = None
+            reasons[metric] = f"undefined for categories {missing} (a mean over fewer categories is not comparable)"
+        else:
+            means[metric] = math.fsum(float(v) for v in values) / len(values)
+    return means, reasons
 
 
 def _group(categories: list[str]) -> dict[str, list[int]]:

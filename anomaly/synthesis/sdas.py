@@ -54,7 +54,9 @@ class BankTextures:
             except BankError as err:
                 raise BankError(f"{err} (or set synthesis.resize=true to resize bank images)") from None
         files = self.files(category)
-        image = load_rgb(files[int(rng.integers(len(files)))], *self.bank.image_size)
+        image = load_rgb(files[int(rng.integers(len(files)))], *self.bank.image_size, "Bank image",
+                         f"synthesis.bank={self.bank.root}",
+                         "delete it and run python -m anomaly.synthesize with the same bank_dir to write it again")
         if image.shape[:2] != tuple(shape):
             image = cv2.resize(image, (int(shape[1]), int(shape[0])), interpolation=cv2.INTER_LINEAR)
         return image

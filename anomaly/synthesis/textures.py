@@ -35,17 +35,32 @@ class EmptyTextureFolderError(SynthesisConfigError):
     """A texture folder holds no readable image."""
 
 
+class TextureFileError(SynthesisConfigError):
+    """An image file a strategy reads (a texture, a bank image) cannot be read."""
+
+
 def list_images(root: Path) -> list[Path]:
     """All image files below ``root`` (recursive), sorted for determinism."""
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
 @lru_cache(maxsize=256)
-def load_rgb(path: str, height: int, width: int) -> np.ndarray:
-    """Read an image as uint8 RGB resized to ``height``×``width`` (cached)."""
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+def load_rgb(path: str | Path, height: int, width: int, kind: str = "Image", found_by: str | None = None,
+             fix: str = "replace or delete the file") -> np.ndarray:
+    """Read an image as uint8 RGB resized to ``height``×``width`` (cached).
+
+    Raises:
+        TextureFileError: the file is gone, empty, corrupt or not an image. The message reads
+            ``"<kind> file <path> (found by <found_by>) is ...; <fix>."``.
+    """
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except (OSError, cv2.error):
+        bgr = None
     if bgr is None:
-        raise ValueError(f"Cannot read image file {path}: it is missing or corrupt; remove it from the folder.")
+        found = f" (found by {found_by})" if found_by else ""
+        raise TextureFileError(f"{kind} file {path}{found} is missing, corrupt or not an image; {fix}.")
     if bgr.shape[:2] != (height, width):
         bgr = cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA)
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -141,7 +156,8 @@ class FolderTextures:
                  category: str | None = None) -> np.ndarray:
         """Return a random image of the folder as uint8 H×W×3."""
         path = self.files[int(rng.integers(len(self.files)))]
-        return load_rgb(str(path), int(shape[0]), int(shape[1]))
+        return load_rgb(str(path), int(shape[0]), int(shape[1]), "Texture", f"synthesis.texture.root={self.root}",
+                        "replace or delete the file, or point synthesis.texture.root at another folder")
 
     def __repr__(self) -> str:
         return f"FolderTextures(root={str(self.root)!r}, n={len(self.files)})"
@@ -172,7 +188,9 @@ class OtherCategoryTextures:
         others = [c for c in self.files if c != category]
         files = self.files[others[int(rng.integers(len(others)))]]
         path = files[int(rng.integers(len(files)))]
-        return load_rgb(str(path), int(shape[0]), int(shape[1]))
+        return load_rgb(str(path), int(shape[0]), int(shape[1]), "Texture",
+                        f"synthesis.texture.root={self.root} with pattern '{self.pattern}'",
+                        "replace or delete the file")
 
     def __repr__(self) -> str:
         return f"OtherCategoryTextures(root={str(self.root)!r}, categories={list(self.files)})"

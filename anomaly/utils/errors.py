@@ -2,15 +2,82 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+# torch.utils.data re-raises an exception of a DataLoader worker (or of the pin-memory thread) in the
+# main process as "Caught <Name> in DataLoader worker process <N>.\nOriginal Traceback ...", the
+# worker's whole formatted traceback as the message (torch._utils.ExceptionWrapper.reraise).
+_WRAPPED = re.compile(r"Caught (?P<name>\w+) in [^\n]*\.\nOriginal Traceback \(most recent call last\):\n")
+# The traceback's last exception line: "<module>.<QualName>: <message>" (builtins have no module).
+_LAST_LINE = re.compile(r"^(?P<path>[A-Za-z_][\w.]*): ", re.M)
 
 
 def is_user_error(error: BaseException) -> bool:
     """Our own ``ValueError`` subclasses (bad path, option, data, checkpoint) are the user's to fix."""
     return isinstance(error, ValueError) and type(error).__module__.startswith("anomaly.")
+
+
+def unwrap_worker_error(error: BaseException) -> tuple[type[BaseException], str] | None:
+    """The class and original message of an exception torch re-raised from a DataLoader worker.
+
+    Returns ``None`` for an exception that is not such a re-raise. The class is the re-raised one's,
+    or, when torch could not rebuild it and raised a ``RuntimeError`` instead, the class named on the
+    traceback's last line (imported only from our own ``anomaly.`` modules).
+    """
+    text = str(error)
+    wrapped = _WRAPPED.match(text)
+    if wrapped is None:
+        return None
+    original: type[BaseException] = type(error)
+    if type(error) is RuntimeError and wrapped["name"] != "RuntimeError":
+        found = _anomaly_class(text, wrapped["name"])
+        if found is None:
+            return None
+        original = found
+    name = original.__qualname__
+    if original.__module__ not in ("builtins", "__main__"):  # as the traceback module spells it
+        name = f"{original.__module__}.{name}"
+    # The raised exception is the last one of a chain, so its line is the last with its name.
+    start = text.rfind(f"\n{name}: ")
+    if start < 0:
+        return None
+    return original, text[start + len(name) + 3:].strip()
+
+
+def _anomaly_class(text: str, name: str) -> type[BaseException] | None:
+    lines = [m["path"] for m in _LAST_LINE.finditer(text) if m["path"].rsplit(".", 1)[-1] == name]
+    if not lines or not lines[-1].startswith("anomaly."):
+        return None
+    module, _, qualname = lines[-1].rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), qualname)
+    except (ImportError, AttributeError):
+        return None
+    return found if isinstance(found, type) and issubclass(found, BaseException) else None
+
+
+def user_message(error: BaseException) -> str | None:
+    """The one sentence to show for a user error (also when raised in a DataLoader worker), else ``None``.
+
+    ``hydra.utils.instantiate`` wraps what a constructor raised; the cause is what the user must fix,
+    so the ``__cause__`` chain is followed down to the first user error.
+    """
+    current: BaseException | None = error
+    while current is not None:
+        worker = unwrap_worker_error(current)
+        if worker is not None:
+            cls, message = worker
+            if issubclass(cls, ValueError) and cls.__module__.startswith("anomaly."):
+                return message
+        elif is_user_error(current):
+            return str(current)
+        current = current.__cause__
+    return None
 
 
 @contextmanager
@@ -19,11 +86,8 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except Exception as raised:
-        error: BaseException = raised
-        # hydra.utils.instantiate wraps what a constructor raised; the cause is what the user must fix.
-        while not is_user_error(error) and error.__cause__ is not None:
-            error = error.__cause__
-        if not is_user_error(error) or os.environ.get("ANOMALY_TRACEBACK") == "1":
+        message = user_message(raised)
+        if message is None or os.environ.get("ANOMALY_TRACEBACK") == "1":
             raise
-        print(f"Error: {error}", file=sys.stderr)
+        print(f"Error: {message}", file=sys.stderr)
         sys.exit(1)

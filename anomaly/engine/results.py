@@ -28,17 +28,6 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def mean_over_categories(per_category: dict[str, dict[str, float | None]]) -> dict[str, float | None]:
-    """Mean of each metric over categories (a metric undefined in any category stays undefined)."""
-    names = sorted({name for values in per_category.values() for name in values})
-    means: dict[str, float | None] = {}
-    for name in names:
-        values = [v.get(name) for v in per_category.values()]
-        ok = [float(v) for v in values if v is not None and not math.isnan(float(v))]
-        means[name] = sum(ok) / len(ok) if ok and len(ok) == len(values) else None
-    return means
-
-
 def write_metrics(path: str | Path, results: dict[str, Any]) -> None:
     """Write ``results`` plus library versions to ``path`` atomically."""
     atomic_write_json(path, {**results, "versions": library_versions()})

@@ -1,0 +1,211 @@
+"""The engine under every entry point: fit/validate/test per unit, re-test checkpoints, aggregate."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from anomaly.callbacks.heatmaps import HeatmapWriter
+from anomaly.config.check import check_targets, to_plain
+from anomaly.engine.build import (
+    build_callbacks,
+    build_datamodule,
+    build_loggers,
+    build_model,
+    build_trainer,
+    finish_loggers,
+    for_unit,
+)
+from anomaly.engine.checkpoints import (
+    CheckpointError,
+    check_method,
+    find_checkpoints,
+    load_method,
+    read_checkpoint,
+    resolve_resume,
+)
+from anomaly.engine.console import header, quiet_lightning
+from anomaly.engine.results import print_table, write_metrics
+from anomaly.metrics import MEAN, POOLED, mean_over_categories
+from anomaly.utils.atomic import atomic_write_json
+
+Results = dict[str, dict[str, float | None]]
+
+
+class Aggregate:
+    """Per-category results gathered over units (one model per category, or one for all), with the
+    mean over categories (``anomaly.metrics.mean_over_categories``) and, for one unified model, pooled."""
+
+    def __init__(self) -> None:
+        self.per_category: Results = {}
+        self.pooled: dict[str, float | None] = {}
+        self.units = 0
+
+    def add(self, results: Results) -> None:
+        self.units += 1
+        self.pooled = dict(results.get(POOLED) or {}) if self.units == 1 else {}
+        self.per_category.update({k: v for k, v in results.items() if k not in (MEAN, POOLED)})
+
+    def summary(self) -> Results:
+        out: Results = {MEAN: mean_over_categories(self.per_category)[0]} if self.per_category else {}
+        if self.pooled and len(self.per_category) > 1:
+            out[POOLED] = self.pooled
+        return out
+
+    def flat(self, stage: str) -> dict[str, float | None]:
+        """``<stage>/<group>/<metric>`` → value, the form sweeps optimise."""
+        return {f"{stage}/{group}/{name}": value for group, values in {**self.per_category, **self.summary()}.items()
+                for name, value in values.items()}
+
+
+def fit(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit, select (on validation) and test the configured model on the configured data.
+
+    Returns ``(metrics, objects)``: metrics map ``val/...`` and ``test/<category|mean>/<metric>`` to
+    floats (``cfg.optimized_metric`` is one of them); objects hold the last model, trainer, data.
+    """
+    check_targets(cfg)
+    quiet_lightning()
+    if cfg.get("ckpt_path") not in (None, "last"):
+        check_method(resolve_resume(cfg.ckpt_path, Path()), cfg.model._target_)
+    config = to_plain(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    first_model = build_model(cfg)  # model options fail here, before any data is read
+    datamodule = build_datamodule(cfg)
+    categories = datamodule.categories
+    header(cfg, datamodule.setting, categories, output_dir)
+    _record_splits(datamodule, output_dir)
+    units = [""] if datamodule.setting == "unified" or len(categories) == 1 else list(categories)
+    validation, testing = Aggregate(), Aggregate()
+    timing: dict[str, dict[str, float]] = {}
+    model = trainer = None
+    for unit in units:
+        unit_cfg = for_unit(cfg, unit)
+        unit_data = datamodule.for_category(unit) if unit else datamodule
+        L.seed_everything(cfg.seed, workers=True)
+        model, first_model = first_model or build_model(cfg), None
+        checkpoint_dir = _checkpoint_dir(unit_cfg, output_dir, unit)
+        resume = resolve_resume(cfg.get("ckpt_path"), checkpoint_dir)
+        if resume:
+            check_method(resume, cfg.model._target_)
+        loggers = build_loggers(unit_cfg, config)
+        trainer = build_trainer(unit_cfg, build_callbacks(unit_cfg, config), loggers)
+        start = time.perf_counter()
+        _fit(trainer, model, unit_data, resume)
+        timing[unit or "all"] = {"fit_s": round(time.perf_counter() - start, 3)}
+        best = _best(trainer)
+        if unit_data.val != "none" and hasattr(model, "results"):
+            trainer.validate(model, datamodule=unit_data, ckpt_path=best, verbose=False, weights_only=True)
+            validation.add(model.results["val"])
+        if cfg.get("test", True) and hasattr(model, "results"):
+            start = time.perf_counter()
+            trainer.test(model, datamodule=unit_data, ckpt_path=best, verbose=False, weights_only=True)
+            timing[unit or "all"]["test_s"] = round(time.perf_counter() - start, 3)
+            testing.add(model.results["test"])
+        finish_loggers(loggers)
+    if testing.per_category and (trainer is None or trainer.is_global_zero):
+        write_metrics(output_dir / "metrics.json", {
+            "method": cfg.model._target_, "setting": datamodule.setting, "seed": cfg.seed,
+            "selected_on": "validation (best.ckpt)" if validation.per_category else "last epoch (no validation split)",
+            "categories": testing.per_category, **testing.summary(),
+            "validation": {"categories": validation.per_category, **validation.summary()},
+            "timing": timing, "config": config,
+        })
+        print_table(testing.per_category, testing.summary(),
+                    title=f"{cfg.model._target_.rsplit('.', 1)[-1]} — test — {output_dir}")
+    metrics = {**validation.flat("val"), **testing.flat("test")}
+    return metrics, {"model": model, "trainer": trainer, "datamodule": datamodule}
+
+
+def _fit(trainer: L.Trainer, model: L.LightningModule, data: L.LightningDataModule, resume: str | None) -> None:
+    try:
+        trainer.fit(model, datamodule=data, ckpt_path=resume, weights_only=True)
+    except RuntimeError as error:
+        if resume and ("size mismatch" in str(error) or "Missing key" in str(error)):
+            raise CheckpointError(
+                f"ckpt_path={resume} holds a {type(model).__name__} of other shapes than this run's model options "
+                f"({str(error).splitlines()[0][:160]}); resume with the options it was trained with."
+            ) from error
+        raise
+
+
+def _best(trainer: L.Trainer) -> str | None:
+    """The checkpoint ranked best on validation, if one was saved."""
+    callback = trainer.checkpoint_callback
+    path = getattr(callback, "best_model_path", "") if callback is not None else ""
+    return path if path and getattr(callback, "monitor", None) else None
+
+
+def _checkpoint_dir(cfg: DictConfig, output_dir: Path, unit: str) -> Path:
+    node = (cfg.get("callbacks") or {}).get("model_checkpoint")
+    return Path(node.dirpath) if node and node.get("dirpath") else output_dir / "checkpoints" / unit
+
+
+def _record_splits(datamodule: Any, output_dir: Path) -> None:
+    """Layouts without an official split (MTD) and validation splits record which images they used."""
+    if hasattr(datamodule.layout, "split_listing"):
+        atomic_write_json(output_dir / "split.json", datamodule.layout.split_listing(datamodule.root))
+    listing = datamodule.validation_listing() if hasattr(datamodule, "validation_listing") else []
+    if listing:
+        atomic_write_json(output_dir / "val_split.json", listing)
+
+
+def retest(cfg: DictConfig) -> Results:
+    """Re-test every checkpoint under ``cfg.ckpt_path`` (``Method.load_from_checkpoint``), on the data of its
+    run with the command line's ``data.*`` overrides; returns per-category results and the summary."""
+    quiet_lightning()
+    output_dir = Path(cfg.paths.output_dir)
+    testing = Aggregate()
+    checkpoints = selected_checkpoints(cfg.ckpt_path)
+    data_overrides = _overrides("data")
+    for path in checkpoints:
+        payload = read_checkpoint(path)
+        if "anomaly_config" not in payload:
+            raise CheckpointError(f"ckpt_path={path} was not written by anomaly.train (no run config inside); "
+                                  "re-train with python -m anomaly.train.")
+        run = OmegaConf.create(payload["anomaly_config"])
+        data_cfg = OmegaConf.merge(run.data, OmegaConf.from_dotlist(data_overrides))
+        if not any(o.startswith("category=") for o in data_overrides):
+            data_cfg.category = payload.get("anomaly_categories") or data_cfg.category
+        L.seed_everything(cfg.seed, workers=True)
+        model = load_method(path, evaluator=to_plain(cfg.evaluator))
+        datamodule = instantiate(data_cfg, synthesis=None)
+        if not hasattr(model, "results"):
+            raise CheckpointError(f"ckpt_path={path} holds {payload.get('anomaly_method')}, which is not an anomaly "
+                                  "detection method and cannot be re-tested.")
+        heatmaps = HeatmapWriter(n_images=int(cfg.get("heatmaps", 8)), dirpath=output_dir / "images")
+        trainer = build_trainer(cfg, [heatmaps], build_loggers(cfg))
+        header(OmegaConf.create({"model": run.model}), datamodule.setting, datamodule.categories, output_dir)
+        trainer.test(model, datamodule=datamodule, verbose=False)
+        testing.add(model.results["test"])
+    write_metrics(output_dir / "metrics.json", {"checkpoints": [str(p) for p in checkpoints],
+                                                "categories": testing.per_category, **testing.summary(),
+                                                "config": to_plain(cfg)})
+    print_table(testing.per_category, testing.summary(), title=f"evaluate — {cfg.ckpt_path}")
+    return {**testing.per_category, **testing.summary()}
+
+
+def selected_checkpoints(path: str | Path) -> list[Path]:
+    """A checkpoint file, or per unit folder of a run the checkpoint its test used: ``best.ckpt`` where
+    validation ranked one, else ``last.ckpt``."""
+    found = find_checkpoints(path)
+    return [p.parent / "best.ckpt" if p.name == "last.ckpt" and (p.parent / "best.ckpt").is_file() else p
+            for p in found]
+
+
+def _overrides(group: str) -> list[str]:
+    """The command line's ``<group>.key=value`` overrides, without the group prefix."""
+    try:
+        task: Iterable[str] = HydraConfig.get().overrides.task
+    except ValueError:
+        return []
+    prefix = f"{group}."
+    return [o.lstrip("+")[len(prefix):] for o in task if o.lstrip("+").startswith(prefix)]
