@@ -87,6 +87,7 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     validation, testing = Aggregate(), Aggregate()
     timing: dict[str, dict[str, float]] = {}
     model = trainer = None
+    selected: list[str] = []
     for unit in units:
         unit_cfg = for_unit(cfg, unit)
         unit_data = datamodule.for_category(unit) if unit else datamodule
@@ -102,6 +103,8 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         _fit(trainer, model, unit_data, resume)
         timing[unit or "all"] = {"fit_s": round(time.perf_counter() - start, 3)}
         best = _best(trainer)
+        if best:
+            selected.append(best)
         if unit_data.val != "none" and hasattr(model, "results"):
             trainer.validate(model, datamodule=unit_data, ckpt_path=best, verbose=False, weights_only=True)
             validation.add(model.results["val"])
@@ -114,7 +117,7 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if testing.per_category and (trainer is None or trainer.is_global_zero):
         write_metrics(output_dir / "metrics.json", {
             "method": cfg.model._target_, "setting": datamodule.setting, "seed": cfg.seed,
-            "selected_on": "validation (best.ckpt)" if validation.per_category else "last epoch (no validation split)",
+            "selected_on": "validation (best.ckpt)" if selected else "last epoch (no checkpoint ranked on validation)",
             "categories": testing.per_category, **testing.summary(),
             "validation": {"categories": validation.per_category, **validation.summary()},
             "timing": timing, "config": config,

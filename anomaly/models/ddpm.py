@@ -8,7 +8,6 @@ category list and the image size, so ``python -m anomaly.synthesize ckpt_path=..
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,15 +16,24 @@ import torch
 from lightning.pytorch import LightningModule
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from anomaly.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from anomaly.models.guards import check_finite_loss
 from anomaly.models.lr_schedules import check_schedule, over_run
 from anomaly.nn.ddpm import DDPMConfigError, build_scheduler, build_unet, diffusion_loss
+from anomaly.nn.ema import ModuleEMA
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+_OLD_EMA = "ema_unet."  # checkpoints written before the shared EMA block
+_EMA = "ema.average."
 
 
-class DivergenceError(ValueError):
-    """The training loss became NaN or infinite."""
+def upgrade_state(state: dict[str, Any], global_step: int) -> dict[str, Any]:
+    """A state dict of an older DDPM checkpoint (EMA copy under ``ema_unet.``) in today's keys, in place."""
+    old = [k for k in state if k.startswith(_OLD_EMA)]
+    for key in old:
+        state[f"{_EMA}module.unet.{key[len(_OLD_EMA):]}"] = state.pop(key)
+    if old:
+        state[f"{_EMA}n_averaged"] = torch.tensor(max(int(global_step), 1), dtype=torch.long)
+    return state
 
 
 def _plain(value: Any) -> Any:
@@ -46,8 +54,8 @@ class DDPM(LightningModule):
         lr: Adam learning rate. weight_decay: Adam weight decay.
         lr_schedule: ``constant`` (guided-diffusion) or ``cosine`` (to 0 over the run's steps, set
             by ``trainer.max_steps``: a short run ends much closer to its best).
-        ema_decay: decay of the EMA copy used for sampling (``None`` = no EMA; warm-up
-            ``min(decay, (1+n)/(10+n))``).
+        ema_decay: decay of the EMA of the UNet used for sampling (``None`` = no EMA; warm-up
+            ``min(decay, (1+n)/(10+n))`` after n updates; ``anomaly.nn.ema.ModuleEMA``).
         pixel_mean, pixel_std: the data module's normalisation, undone to get images in [-1, 1].
     """
 
@@ -66,7 +74,8 @@ class DDPM(LightningModule):
         self.hparams["pixel_mean"], self.hparams["pixel_std"] = list(_plain(pixel_mean)), list(_plain(pixel_std))
         self.scheduler = build_scheduler(num_train_timesteps, beta_schedule, learned_variance)
         self.unet = None
-        self.ema_unet = None
+        self.ema: ModuleEMA | None = None
+        self._last_ema_step = -1
         if self.hparams.categories and self.hparams.image_size is not None:
             self._build()
 
@@ -82,7 +91,7 @@ class DDPM(LightningModule):
         self.unet = build_unet(len(self.categories), self.hparams.image_size, preset,
                                self.hparams.learned_variance, **unet_kwargs)
         if self.hparams.ema_decay is not None:
-            self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False)
+            self.ema = ModuleEMA({"unet": self.unet}, float(self.hparams.ema_decay), warmup=True)
         self._index = {c: i for i, c in enumerate(self.categories)}
 
     def setup(self, stage: str) -> None:
@@ -104,7 +113,7 @@ class DDPM(LightningModule):
         self._build()
 
     def configure_optimizers(self) -> Any:
-        """Adam over the UNet (the EMA copy is not optimised), optionally cosine-decayed."""
+        """Adam over the UNet (the EMA's copy is not optimised), optionally cosine-decayed."""
         optimizer = torch.optim.Adam(self.unet.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         return over_run(optimizer, self.hparams.get("lr_schedule", "constant"), self.trainer.estimated_stepping_batches)
 
@@ -141,22 +150,21 @@ class DDPM(LightningModule):
         cats = [c for c, k in zip(batch["category"], keep.tolist(), strict=True) if k]
         losses = diffusion_loss(self.unet, self.scheduler, self.to_model_range(image[keep]), self.labels_of(cats),
                                 self.hparams.vlb_weight)
-        if not torch.isfinite(losses["loss"]):
-            raise DivergenceError(f"DDPM loss is {losses['loss'].item()} at step {self.global_step}; "
-                                     "lower model.lr or enable gradient clipping (trainer.gradient_clip_val).")
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True,
                       batch_size=int(keep.sum()))
         return losses["loss"]
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Update the EMA copy."""
-        if self.ema_unet is None:
-            return
-        n = self.global_step
-        decay = min(float(self.hparams.ema_decay), (1 + n) / (10 + n))
-        with torch.no_grad():
-            for ema, p in zip(self.ema_unet.parameters(), self.unet.parameters(), strict=True):
-                ema.lerp_(p.detach(), 1 - decay)
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        """The project's one non-finite-loss guard."""
+        check_finite_loss(self, loss)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Step, then fold the new weights into the EMA — once per optimizer step, before any
+        callback (the checkpoint) runs."""
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None and self.global_step != self._last_ema_step:
+            self.ema.update()
+            self._last_ema_step = self.global_step
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse to resume from a checkpoint trained on other categories (a class-count mismatch)."""
@@ -165,10 +173,11 @@ class DDPM(LightningModule):
             raise DDPMConfigError(f"ckpt_path was trained on {len(theirs)} categories {theirs}, but this run has "
                                   f"{len(self.categories)} {self.categories}; resume with the same data "
                                   "categories or train from scratch (ckpt_path=null).")
+        upgrade_state(checkpoint.get("state_dict") or {}, int(checkpoint.get("global_step", 0)))
 
     def sampling_unet(self, use_ema: bool = True) -> torch.nn.Module:
-        """The net to sample with: the EMA copy when there is one and ``use_ema``."""
-        return self.ema_unet if (use_ema and self.ema_unet is not None) else self.unet
+        """The net to sample with: the EMA's copy of the UNet when there is one and ``use_ema``."""
+        return self.ema.averaged("unet") if (use_ema and self.ema is not None) else self.unet
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -189,5 +198,5 @@ class DDPM(LightningModule):
             raise DDPMConfigError(f"{option}={path} has a UNet with {n_embed} classes but lists "
                                   f"{len(hp['categories'])} categories; the checkpoint is inconsistent, retrain it.")
         model = cls(**{k: v for k, v in hp.items() if not k.startswith("_")})
-        model.load_state_dict(state)
+        model.load_state_dict(upgrade_state(dict(state), int(ckpt.get("global_step", 0))))
         return model.eval()

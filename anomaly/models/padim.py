@@ -49,6 +49,7 @@ class Padim(AnomalyModule):
 
     def on_train_epoch_start(self) -> None:
         self.model.gaussian.reset()
+        self._pending = True
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         # Under a synthesis strategy the Gaussians still describe normal images only: its ``source``.
@@ -56,8 +57,18 @@ class Padim(AnomalyModule):
         with torch.no_grad():
             self.model.gaussian.accumulate(self.model.embed(images))
 
+    def _finalize(self) -> None:
+        """Turn the epoch's sums into the Gaussians once (Lightning validates before the epoch ends)."""
+        if getattr(self, "_pending", False):
+            self.model.gaussian.finalize(reduce=self.trainer.world_size > 1)
+            self._pending = False
+
+    def on_validation_epoch_start(self) -> None:
+        self._finalize()
+        super().on_validation_epoch_start()
+
     def on_train_epoch_end(self) -> None:
-        self.model.gaussian.finalize(reduce=self.trainer.world_size > 1)
+        self._finalize()
 
     def restore_overrides(self) -> dict[str, Any]:
         """The backbone's weights are in the checkpoint: do not re-read them."""

@@ -1,8 +1,8 @@
 """Named sizes of DiAD's diffusers blocks: the paper's (SD-1.5 / LDM KL-f8) and a CPU preset.
 
 Each preset is a dict of constructor arguments of the diffusers class; ``build_unet`` and
-``build_autoencoder`` take a preset name plus keyword overrides, so a config can say
-``unet: {preset: sd15}`` or ``unet: {preset: cpu, block_out_channels: [32, 64, 64]}``.
+``build_autoencoder`` take a preset name plus keyword overrides (``build.resolve``), so a config can
+say ``unet: {preset: sd15}`` or ``unet: {preset: cpu, block_out_channels: [32, 64, 64]}``.
 """
 
 from __future__ import annotations
@@ -89,30 +89,3 @@ SD_SCHEDULER: dict[str, Any] = {
     "timestep_spacing": "leading",
     "prediction_type": "epsilon",
 }
-
-
-def resolve(presets: dict[str, dict[str, Any]], name: str, option: str, **overrides: Any) -> dict[str, Any]:
-    """Constructor arguments of preset ``name`` with ``overrides`` applied (lists become tuples).
-
-    Raises:
-        DiffusionConfigError: ``name`` is not a preset; the message names ``option`` and the choices.
-    """
-    if name not in presets:
-        raise DiffusionConfigError(f"{option}={name} is not a preset; choose one of {sorted(presets)}.")
-    config = dict(presets[name])
-    for key, value in overrides.items():
-        config[key] = tuple(value) if isinstance(value, list) else value
-    return config
-
-
-def architecture_of(model: Any) -> dict[str, Any]:
-    """A diffusers model's public config as plain Python (lists, no ``_``-keys).
-
-    ``build_unet(architecture=...)`` / ``build_autoencoder(architecture=...)`` rebuild exactly this
-    architecture without reading any weights file (checkpoints store it for re-testing).
-    """
-    return {
-        key: list(value) if isinstance(value, tuple) else value
-        for key, value in dict(model.config).items()
-        if not key.startswith("_")
-    }

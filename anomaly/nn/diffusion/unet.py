@@ -1,4 +1,4 @@
-"""The UNet denoiser (diffusers ``UNet2DConditionModel``): build, load, and freeze its encoder."""
+"""DiAD's UNet denoiser (diffusers ``UNet2DConditionModel``): build, load, and which parts it trains."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from typing import Any
 from diffusers import UNet2DConditionModel
 from torch import nn
 
-from anomaly.nn.diffusion.presets import UNET_PRESETS, resolve
+from anomaly.nn.diffusion.build import build, levels_factor, resolve
+from anomaly.nn.diffusion.presets import UNET_PRESETS, DiffusionConfigError
 from anomaly.nn.diffusion.weights import from_pretrained, load_checked, read_state_dict
 
 OPTION = "model.unet.weights"
+TRAIN_ENCODER = (True, False, "auto")
 
 
 def build_unet(
@@ -35,22 +37,31 @@ def build_unet(
         **overrides: ``UNet2DConditionModel`` arguments replacing the preset's.
     """
     if architecture is not None:
-        return UNet2DConditionModel.from_config(dict(architecture))
+        return build(UNet2DConditionModel, architecture)
     config = resolve(UNET_PRESETS, preset, "model.unet.preset", **overrides)
     if weights is None:
-        return UNet2DConditionModel(**config)
+        return build(UNet2DConditionModel, config)
     unet = from_pretrained(UNet2DConditionModel, str(weights), "unet", OPTION, download)
     if unet is not None:
         return unet
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
-    unet = UNet2DConditionModel(**config)
+    unet = build(UNet2DConditionModel, config)
     state = read_state_dict(Path(weights).expanduser())
     if not any(k.startswith("model.diffusion_model.") for k in state):
         load_checked(unet, state, OPTION, str(weights))  # already in diffusers naming
         return unet
     load_checked(unet, convert_ldm_unet_checkpoint(state, dict(unet.config)), OPTION, str(weights))
     return unet
+
+
+def train_encoder_of(option: bool | str, weights: str | None) -> bool:
+    """``model.unet.train_encoder``: ``auto`` trains the encoder of a UNet without pretrained weights
+    (a frozen random encoder, time embedding and middle block would never learn) and freezes a
+    pretrained one (the paper); ``true``/``false`` as given."""
+    if option not in TRAIN_ENCODER:
+        raise DiffusionConfigError(f"model.unet.train_encoder={option!r} is not valid; choose true, false or auto.")
+    return weights is None if option == "auto" else bool(option)
 
 
 def decoder_modules(unet: UNet2DConditionModel) -> list[nn.Module]:
@@ -68,3 +79,8 @@ def freeze_encoder(unet: UNet2DConditionModel) -> None:
 def downsampling(unet: UNet2DConditionModel) -> int:
     """How many times the UNet halves its input (a latent side must be divisible by 2**this)."""
     return len(unet.config.block_out_channels) - 1
+
+
+def side_factor(unet: UNet2DConditionModel) -> int:
+    """The factor a latent side must be a multiple of."""
+    return levels_factor(unet.config.block_out_channels)
