@@ -72,7 +72,9 @@ class DiADAutoencoder(AnomalyModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.autoencoder = build_autoencoder(download=download, **dict(autoencoder or {"preset": "kl-f8"}))
+        self.autoencoder = build_autoencoder(
+            download=download, option="model.autoencoder", **dict(autoencoder or {"preset": "kl-f8"})
+        )
         self.perceptual = FeaturePerceptual(build_block(perceptual)) if perceptual is not None else None
         self.lr, self.lr_schedule = lr, check_schedule(lr_schedule)
         self.kl_weight, self.perceptual_weight = kl_weight, perceptual_weight

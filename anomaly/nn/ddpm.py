@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 
+from anomaly.nn.diffusion.build import build, check_sides, levels_factor, resolve
+
 # guided-diffusion 256x256 class-conditional model (RealNet's SDAS): 256 base channels, mult
 # 1,1,2,2,4,4, two res-blocks, attention at 32/16/8 px with 64-channel heads, res-block up/down
 # sampling, scale-shift norm. ~550 M parameters: for GPUs.
@@ -65,6 +67,10 @@ def build_unet(num_classes: int, image_size: int | Sequence[int], preset: str = 
                learned_variance: bool = True, **overrides: Any) -> UNet2DModel:
     """A class-conditional ``UNet2DModel`` from a preset (``paper``, ``cpu``, ``tiny``) plus overrides.
 
+    Preset resolution, the image-side check and construction are DiAD's (``anomaly.nn.diffusion.build``);
+    what is the DDPM's own: pixel space (3 channels in, 6 with a learned variance out), one class
+    embedding per category, the sample size from the data.
+
     Args:
         num_classes: number of categories (rows of the class embedding).
         image_size: training image side (int) or (H, W); each side must be divisible by 2^(levels-1).
@@ -72,18 +78,15 @@ def build_unet(num_classes: int, image_size: int | Sequence[int], preset: str = 
         learned_variance: 6 output channels (ε and v) instead of 3.
         overrides: any ``UNet2DModel`` argument, e.g. ``block_out_channels``.
     """
-    if preset not in UNET_PRESETS:
-        raise DDPMConfigError(f"model.unet.preset={preset!r} is unknown; use one of {list(UNET_PRESETS)}.")
+    kwargs = resolve(UNET_PRESETS, preset, "model.unet.preset", DDPMConfigError, **overrides)
     if int(num_classes) < 1:
         raise DDPMConfigError(f"The DDPM needs at least one category, got num_classes={num_classes}.")
-    kwargs = {**UNET_PRESETS[preset], **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}}
     size = (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(int(v) for v in image_size)
-    factor = 2 ** (len(kwargs["block_out_channels"]) - 1)
-    if size[0] % factor or size[1] % factor:
-        raise DDPMConfigError(f"model.image_size={list(size)} must be divisible by {factor} for the "
-                              f"{len(kwargs['block_out_channels'])}-level UNet preset {preset!r}; resize the data.")
-    return UNet2DModel(sample_size=size, in_channels=3, out_channels=6 if learned_variance else 3,
-                       num_class_embeds=int(num_classes), **kwargs)
+    levels = len(kwargs["block_out_channels"])
+    check_sides(list(size), levels_factor(kwargs["block_out_channels"]), "model.image_size",
+                f"the {levels}-level UNet preset {preset!r} (resize the data)", DDPMConfigError)
+    return build(UNet2DModel, {**kwargs, "sample_size": size, "in_channels": 3,
+                               "out_channels": 6 if learned_variance else 3, "num_class_embeds": int(num_classes)})
 
 
 def build_scheduler(num_train_timesteps: int = 1000, beta_schedule: str = "linear",

@@ -1,7 +1,6 @@
 """A picture of what a synthesis strategy makes: rows of (normal image, synthetic anomaly, mask overlay).
 
-    python -m anomaly.synthesis.gallery synthesis=cutpaste images=data/synthetic/capsule/train/good
-    python -m anomaly.synthesis.gallery synthesis=sdas synthesis.bank=banks/sdas images=... image_size=64
+The command is ``python -m anomaly.gallery``; this module builds and writes the grid.
 """
 
 from __future__ import annotations
@@ -12,14 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
-import hydra
 import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from anomaly.config.precheck import launch
 from anomaly.synthesis.base import SynthesisConfigError, SynthesisStrategy
 from anomaly.synthesis.textures import EmptyTextureFolderError, list_images, load_rgb
+from anomaly.utils.atomic import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -81,24 +79,10 @@ def write_gallery(cfg: DictConfig) -> Path:
     category = cfg.category or guess_category(folder)
     grid = gallery_grid(strategy, images, rng, category, bool(cfg.always_anomalous))
     out = Path(cfg.out).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    ok, encoded = cv2.imencode(out.suffix or ".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise SynthesisConfigError(f"out={out} has an image type OpenCV cannot write; use .png or .jpg.")
+    with atomic_open(out, "wb") as handle:
+        handle.write(encoded.tobytes())
     log.info("Wrote %s (%d rows: image | synthetic | mask) for %s.", out, len(images), strategy)
     return out
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="gallery")
-def _hydra_main(cfg: DictConfig) -> None:
-    from anomaly.utils.errors import user_errors
-
-    with user_errors():
-        print(write_gallery(cfg))
-
-
-def main() -> None:
-    """Entry point: check overrides first, then run Hydra."""
-    launch("gallery", _hydra_main)
-
-
-if __name__ == "__main__":
-    main()

@@ -10,11 +10,14 @@ import torch
 from diffusers import AutoencoderKL
 from torch import Tensor
 
-from anomaly.nn.diffusion.presets import AUTOENCODER_PRESETS, resolve
+from anomaly.nn.diffusion.build import build, resolve
+from anomaly.nn.diffusion.presets import AUTOENCODER_PRESETS
 from anomaly.nn.diffusion.weights import WeightsError, from_pretrained, load_checked, read_state_dict
 
-OPTION = "model.autoencoder.weights"
 _LDM_PREFIXES = ("first_stage_model.", "encoder.down.", "vae.encoder.")
+# Keys of a stored autoencoder spec that are not AutoencoderKL arguments.
+_NOT_ARCHITECTURE = ("_target_", "weights", "download", "fit_steps", "lr", "kl_weight", "scale", "reference",
+                     "architecture", "option")
 
 
 def build_autoencoder(
@@ -22,6 +25,7 @@ def build_autoencoder(
     weights: str | None = None,
     download: bool = False,
     architecture: dict[str, Any] | None = None,
+    option: str = "model.latent",
     **overrides: Any,
 ) -> AutoencoderKL:
     """A KL autoencoder of a preset's layout, random or loaded from ``weights``.
@@ -36,53 +40,62 @@ def build_autoencoder(
         architecture: a complete diffusers config (what ``architecture_of`` returns, as stored in
             checkpoints for re-testing): build exactly it, randomly initialised, reading no file;
             ``preset``, ``weights`` and ``overrides`` are then ignored.
+        option: the config node of these arguments, named in errors (``model.latent`` of DiAD,
+            ``model.autoencoder`` of its autoencoder stage).
         **overrides: ``AutoencoderKL`` arguments replacing the preset's.
 
     Raises:
         WeightsError: ``weights`` points at nothing usable.
     """
     if architecture is not None:
-        return AutoencoderKL.from_config(dict(architecture))
-    config = resolve(AUTOENCODER_PRESETS, preset, "model.autoencoder.preset", **overrides)
+        return build(AutoencoderKL, architecture=architecture)
+    config = resolve(AUTOENCODER_PRESETS, preset, f"{option}.preset", **overrides)
+    weights_option = f"{option}.weights"
     if weights is None:
-        return AutoencoderKL(**config)
+        return build(AutoencoderKL, config)
     path = Path(str(weights)).expanduser()
     if not path.exists() and (path.suffix in (".ckpt", ".pt", ".pth", ".safetensors") or path.is_absolute()):
         raise WeightsError(
-            f"{OPTION}={weights} does not exist; train one with `python -m anomaly.train "
+            f"{weights_option}={weights} does not exist; train one with `python -m anomaly.train "
             "model=diad_autoencoder data=...` and pass its checkpoints/last.ckpt."
         )
-    model = from_pretrained(AutoencoderKL, str(weights), "vae", OPTION, download)
+    model = from_pretrained(AutoencoderKL, str(weights), "vae", weights_option, download)
     if model is not None:
         return model
     if path.suffix == ".ckpt":
-        own = _from_lightning(path)
+        own = _from_lightning(path, weights_option)
         if own is not None:
             return own
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-    model = AutoencoderKL(**config)
+    model = build(AutoencoderKL, config)
     state = read_state_dict(path)
     if any(k.startswith(_LDM_PREFIXES) for k in state):
         state = convert_ldm_vae_checkpoint(state, dict(model.config))
-    load_checked(model, state, OPTION, str(weights))
+    load_checked(model, state, weights_option, str(weights))
     return model
 
 
-def _from_lightning(path: Path) -> AutoencoderKL | None:
-    """The autoencoder inside a checkpoint of this project (keys ``autoencoder.*``), else ``None``."""
+def _from_lightning(path: Path, option: str) -> AutoencoderKL | None:
+    """The autoencoder inside a checkpoint of this project, else ``None``: ``autoencoder.*`` of
+    ``model=diad_autoencoder``, ``latent.autoencoder.*`` of ``model=diad`` with an autoencoder latent.
+    Its architecture is the one stored in the checkpoint (or, for older ones, its preset and overrides)."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     state = checkpoint.get("state_dict", {}) if isinstance(checkpoint, dict) else {}
-    prefix = "autoencoder."
-    if not any(k.startswith(prefix) for k in state):
-        return None
-    run_model = (checkpoint.get("anomaly_config") or {}).get("model") or {}
-    spec = dict((checkpoint.get("hyper_parameters") or {}).get("autoencoder") or run_model.get("autoencoder") or {})
-    for key in ("weights", "download", "fit_steps", "lr", "kl_weight"):
-        spec.pop(key, None)
-    model = AutoencoderKL(**resolve(AUTOENCODER_PRESETS, spec.pop("preset", "kl-f8"), OPTION, **spec))
-    load_checked(model, {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, OPTION, str(path))
-    return model
+    hparams = checkpoint.get("hyper_parameters") or {} if isinstance(checkpoint, dict) else {}
+    run_model = (checkpoint.get("anomaly_config") or {}).get("model") or {} if isinstance(checkpoint, dict) else {}
+    for prefix, node in (("autoencoder.", "autoencoder"), ("latent.autoencoder.", "latent")):
+        if not any(k.startswith(prefix) for k in state):
+            continue
+        spec = dict(hparams.get(node) or run_model.get(node) or {})
+        if spec.get("architecture") is not None:
+            model = build(AutoencoderKL, architecture=spec["architecture"])
+        else:
+            overrides = {k: v for k, v in spec.items() if k not in _NOT_ARCHITECTURE}
+            model = build(AutoencoderKL, resolve(AUTOENCODER_PRESETS, overrides.pop("preset", "kl-f8"), option, **overrides))
+        load_checked(model, {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, option, str(path))
+        return model
+    return None
 
 
 def downsampling(autoencoder: AutoencoderKL) -> int:

@@ -32,9 +32,12 @@ def resolve(
     return config
 
 
-def build(cls: type[M], config: dict[str, Any]) -> M:
-    """A diffusers model of ``config`` (constructor arguments or a stored architecture), randomly initialised."""
-    return cls.from_config(dict(config))  # type: ignore[attr-defined]
+def build(cls: type[M], config: dict[str, Any] | None = None, architecture: dict[str, Any] | None = None) -> M:
+    """A randomly initialised diffusers model: of a stored ``architecture`` (``architecture_of``) when given,
+    else of constructor arguments ``config`` (an unknown key fails here rather than being ignored)."""
+    if architecture is not None:
+        return cls.from_config(dict(architecture))  # type: ignore[attr-defined]
+    return cls(**dict(config or {}))
 
 
 def levels_factor(block_out_channels: Sequence[int]) -> int:

@@ -37,7 +37,7 @@ def build_unet(
         **overrides: ``UNet2DConditionModel`` arguments replacing the preset's.
     """
     if architecture is not None:
-        return build(UNet2DConditionModel, architecture)
+        return build(UNet2DConditionModel, architecture=architecture)
     config = resolve(UNET_PRESETS, preset, "model.unet.preset", **overrides)
     if weights is None:
         return build(UNet2DConditionModel, config)
