@@ -131,3 +131,20 @@ def test_multirun_sweep_writes_one_folder_per_job(synthetic_root: Path, tmp_path
     assert len(jobs) == 2
     sizes = [json.loads(job.read_text())["config"]["model"]["n_features"] for job in jobs]
     assert sizes == [8, 16]
+
+
+def test_evaluate_on_data_elsewhere_as_the_readme_shows(trained_run: Path, synthetic_root: Path, tmp_path: Path) -> None:
+    """`python -m anomaly.evaluate ckpt_path=<run>/checkpoints/last.ckpt data.root=/elsewhere` (README)."""
+    import shutil
+
+    ckpt = next((trained_run / "checkpoints").glob("*/last.ckpt"))
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(synthetic_root / ckpt.parent.name, elsewhere / ckpt.parent.name)
+    result = run("anomaly.evaluate", f"ckpt_path={ckpt}", f"data.root={elsewhere}", f"hydra.run.dir={tmp_path / 'eval'}",
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    trained = json.loads((trained_run / "metrics.json").read_text())["categories"][ckpt.parent.name]
+    assert again["categories"][ckpt.parent.name] == pytest.approx(trained, abs=1e-6)
+    typo = run("anomaly.evaluate", f"ckpt_path={ckpt}", "data.rot=/x", f"hydra.run.dir={tmp_path / 'typo'}", cwd=tmp_path)
+    assert typo.returncode == 1 and "did you mean 'data.root'?" in typo.stderr

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from anomaly.data.transforms import denormalize
+from anomaly.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize
+from anomaly.models.outputs import AnomalyOutput
 
 
 def overlay_panel(
@@ -61,7 +62,7 @@ class HeatmapWriter(L.Callback):
     def on_test_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if self.n_images <= 0 or not isinstance(outputs, dict) or "anomaly_map" not in outputs:
+        if self.n_images <= 0 or not isinstance(outputs, AnomalyOutput):
             return
         mean, std = _normalisation(trainer)
         for i, category in enumerate(batch["category"]):
@@ -72,11 +73,11 @@ class HeatmapWriter(L.Callback):
             if kept_of_label >= quota:
                 continue
             image = denormalize(batch["image"][i].detach().cpu(), mean, std)
-            recon = outputs.get("reconstruction")
+            recon = outputs.reconstruction
             recon = denormalize(recon[i].detach().cpu(), mean, std) if recon is not None else None
             self._kept[category].append(
-                (image, outputs["anomaly_map"][i].detach().cpu(), batch["mask"][i].cpu(), batch["path"][i],
-                 float(outputs["score"][i]), label, recon)
+                (image, outputs.anomaly_map[i].detach().cpu(), batch["mask"][i].cpu(), batch["path"][i],
+                 float(outputs.score[i]), label, recon)
             )
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -98,7 +99,7 @@ class HeatmapWriter(L.Callback):
 
 def _normalisation(trainer: L.Trainer) -> tuple[tuple[float, ...], tuple[float, ...]]:
     datamodule = getattr(trainer, "datamodule", None)
-    return getattr(datamodule, "mean", (0.485, 0.456, 0.406)), getattr(datamodule, "std", (0.229, 0.224, 0.225))
+    return getattr(datamodule, "mean", IMAGENET_MEAN), getattr(datamodule, "std", IMAGENET_STD)
 
 
 def _log_images(trainer: L.Trainer, key: str, panels: list[np.ndarray], captions: list[str]) -> None:

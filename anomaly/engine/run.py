@@ -28,12 +28,14 @@ from anomaly.engine.checkpoints import (
     check_method,
     find_checkpoints,
     load_method,
+    method_of,
     read_checkpoint,
     resolve_resume,
 )
 from anomaly.engine.console import header, quiet_lightning
 from anomaly.engine.results import print_table, write_metrics
 from anomaly.metrics import MEAN, POOLED, mean_over_categories
+from anomaly.models.base import AnomalyModule
 from anomaly.utils.atomic import atomic_write_json
 
 Results = dict[str, dict[str, float | None]]
@@ -178,12 +180,12 @@ def retest(cfg: DictConfig) -> Results:
         data_cfg = OmegaConf.merge(run.data, OmegaConf.from_dotlist(data_overrides))
         if not any(o.startswith("category=") for o in data_overrides):
             data_cfg.category = payload.get("anomaly_categories") or data_cfg.category
+        if not issubclass(method_of(payload, path), AnomalyModule):
+            raise CheckpointError(f"ckpt_path={path} holds {payload.get('anomaly_method')}, which is not an anomaly "
+                                  "detection method and cannot be re-tested.")
         L.seed_everything(cfg.seed, workers=True)
         model = load_method(path, evaluator=to_plain(cfg.evaluator))
         datamodule = instantiate(data_cfg, synthesis=None)
-        if not hasattr(model, "results"):
-            raise CheckpointError(f"ckpt_path={path} holds {payload.get('anomaly_method')}, which is not an anomaly "
-                                  "detection method and cannot be re-tested.")
         heatmaps = HeatmapWriter(n_images=int(cfg.get("heatmaps", 8)), dirpath=output_dir / "images")
         trainer = build_trainer(cfg, [heatmaps], build_loggers(cfg))
         header(OmegaConf.create({"model": run.model}), datamodule.setting, datamodule.categories, output_dir)
