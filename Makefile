@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test lint bench clean
+.PHONY: install train test lint bench bench-deps clean
 
 install: $(STAMP)
 
@@ -26,9 +26,17 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-bench: $(STAMP)
+# The peer the benches compare with (anomalib) goes into .bench-deps/, never into .venv.
+BENCH_DEPS := .bench-deps
+bench-deps: $(STAMP)
+	test -d $(BENCH_DEPS)/anomalib || $(PY) -m pip install --quiet --no-deps --target $(BENCH_DEPS) \
+		anomalib==2.7.0 jsonargparse tifffile pandas python-dateutil six pytz tzdata matplotlib contourpy \
+		cycler fonttools kiwisolver pyparsing
+
+bench: bench-deps
+	$(PY) bench/startup.py
 	$(PY) bench/padim.py
 	$(PY) bench/metrics.py
 
 clean:
-	rm -rf outputs multirun lightning_logs wandb .pytest_cache
+	rm -rf outputs multirun lightning_logs wandb .pytest_cache build *.egg-info
