@@ -166,3 +166,21 @@ def test_built_wheel_ships_the_configs(tmp_path: Path) -> None:
     for config in ("anomaly/conf/train.yaml", "anomaly/conf/eval.yaml", "anomaly/conf/base/data.yaml",
                    "anomaly/conf/model/padim.yaml", "anomaly/conf/synthesis/texture/procedural.yaml"):
         assert config in names
+
+
+def test_bad_checkpoints_stop_with_one_sentence(synthetic_root: Path, tmp_path: Path) -> None:
+    category = categories_of(synthetic_root, 1)[0]
+    base = [f"data.root={synthetic_root}", f"data.category={category}", *SMALL]
+    not_a_checkpoint = tmp_path / "notes.ckpt"
+    not_a_checkpoint.write_text("not a checkpoint")
+    result = run("anomaly.train", *base, f"ckpt_path={not_a_checkpoint}", f"hydra.run.dir={tmp_path / 'a'}", cwd=tmp_path)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert result.returncode == 1 and len(errors) == 1 and "is not a readable checkpoint" in errors[0], result.stderr
+    trained = run("anomaly.train", *base, "model.n_features=16", "test=false", f"hydra.run.dir={tmp_path / 'b'}",
+                  cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    other = run("anomaly.train", *base, "model.n_features=8", f"ckpt_path={tmp_path / 'b' / 'checkpoints' / 'last.ckpt'}",
+                f"hydra.run.dir={tmp_path / 'c'}", cwd=tmp_path)
+    errors = [line for line in other.stderr.splitlines() if line.startswith("Error:")]
+    assert other.returncode == 1 and len(errors) == 1 and "of other shapes" in errors[0], other.stderr[-2000:]
+    assert "size mismatch for" in errors[0] and "Traceback" not in other.stderr

@@ -35,10 +35,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
-            f"ckpt_path={path} is not a readable checkpoint of this project ({first[:160]}); give a .ckpt "
-            "written by anomaly.train."
+            f"ckpt_path={path} is not a readable checkpoint ({type(error).__name__}: not a torch.save file, or one "
+            "holding objects other than tensors and plain data); give a .ckpt written by anomaly.train."
         ) from error
     if not isinstance(payload, dict) or "state_dict" not in payload:
         raise CheckpointError(f"ckpt_path={path} holds no model weights (no state_dict); give a .ckpt written by anomaly.train.")
@@ -87,9 +86,21 @@ def load_method(path: str | Path, **overrides: Any) -> L.LightningModule:
     try:
         return method.load_from_checkpoint(path, map_location="cpu", weights_only=True, **overrides)
     except RuntimeError as error:
-        if "size mismatch" in str(error) or "Missing key" in str(error) or "Unexpected key" in str(error):
+        if is_shape_mismatch(error):
             raise CheckpointError(
-                f"ckpt_path={path} does not fit {method.__name__} as configured ({str(error).splitlines()[0][:200]}); "
+                f"ckpt_path={path} does not fit {method.__name__} as configured ({mismatch(error)}); "
                 "use the checkpoint's own model options."
             ) from error
         raise
+
+
+def is_shape_mismatch(error: BaseException) -> bool:
+    """Whether a ``load_state_dict`` error says the weights have other keys or shapes than the model."""
+    return any(text in str(error) for text in ("size mismatch", "Missing key", "Unexpected key"))
+
+
+def mismatch(error: BaseException) -> str:
+    """The first line of a ``load_state_dict`` error that names a parameter."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if "size mismatch" in line or "key" in line]
+    return (named or lines or [type(error).__name__])[0][:200].rstrip(".")

@@ -27,8 +27,10 @@ from anomaly.engine.checkpoints import (
     CheckpointError,
     check_method,
     find_checkpoints,
+    is_shape_mismatch,
     load_method,
     method_of,
+    mismatch,
     read_checkpoint,
     resolve_resume,
 )
@@ -134,10 +136,10 @@ def _fit(trainer: L.Trainer, model: L.LightningModule, data: L.LightningDataModu
     try:
         trainer.fit(model, datamodule=data, ckpt_path=resume, weights_only=True)
     except RuntimeError as error:
-        if resume and ("size mismatch" in str(error) or "Missing key" in str(error)):
+        if resume and is_shape_mismatch(error):
             raise CheckpointError(
                 f"ckpt_path={resume} holds a {type(model).__name__} of other shapes than this run's model options "
-                f"({str(error).splitlines()[0][:160]}); resume with the options it was trained with."
+                f"({mismatch(error)}); resume with the options it was trained with."
             ) from error
         raise
 
