@@ -7,10 +7,14 @@ batches (synthetic set, resize 256 → crop 224, offline EfficientNet-Lite0 bloc
 
     .venv/bin/python bench/padim.py                      # ours and anomalib, 50 and 200 images
     .venv/bin/python bench/padim.py --impl ours --n-train 50 200 400
+    .venv/bin/python bench/padim.py --memory               # paper preset WR50-Rd550: peak RSS and time
 
-anomalib is a bench-only dependency, installed beside the project, never into .venv:
-    .venv/bin/pip install --no-deps --target .bench-deps anomalib==2.7.0 einops FrEIA scikit-image \
-        imageio tifffile lazy_loader jsonargparse matplotlib pandas ...
+``--memory`` builds ``experiment=padim_wr50`` (WR50-Rd550 at 224², random weights:
+``model.backbone.weights=none``, no download) and fits it on a synthetic 60-image input in a fresh
+process; it prints peak RSS (``ru_maxrss``) and the fit and test times. ``--save-maps`` writes the
+test maps to an .npz, ``--compare-maps`` reports the largest difference to maps saved before.
+
+anomalib is a bench-only dependency, installed beside the project, never into .venv: ``make bench-deps``.
 """
 
 from __future__ import annotations
@@ -126,6 +130,94 @@ def worker(impl: str, n_train: int, root: Path, category: str | None, threads: i
             "fit_peak_rss_mib": fit_rss, "peak_rss_mib": peak_rss_mib(), **result}
 
 
+def synthetic_batch(index: int, size: int, batch_size: int):
+    """A deterministic batch of smooth random ImageNet-normalised images (never all kept in memory)."""
+    import torch
+    import torch.nn.functional as F
+
+    generator = torch.Generator().manual_seed(1000 + index)
+    coarse = torch.rand(batch_size, 3, size // 8, size // 8, generator=generator)
+    image = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    return (image - mean) / std
+
+
+def memory_worker(n_images: int, experiment: str, threads: int, save: Path | None, compare: Path | None) -> dict:
+    """Fit the paper preset with random weights on ``n_images`` synthetic images; peak RSS and times."""
+    import numpy as np
+    import torch
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    import anomaly.config.resolvers  # noqa: F401
+    from anomaly.conf import CONF_DIR
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}", "model.backbone.weights=none"])
+    size = int(cfg.data.crop_size or cfg.data.image_size)
+    batch_size = int(cfg.data.batch_size)
+    node = OmegaConf.to_container(cfg.model, resolve=False)
+    node["input_size"] = size
+    module = instantiate(node)
+    model = module.model
+    build_rss = peak_rss_mib()
+    start = time.perf_counter()
+    module.on_train_epoch_start()
+    with torch.no_grad():
+        done, index = 0, 0
+        while done < n_images:
+            images = synthetic_batch(index, size, min(batch_size, n_images - done))
+            module.training_step({"image": images}, index)
+            done, index = done + len(images), index + 1
+        accumulate_s = time.perf_counter() - start
+        model.gaussian.finalize()
+    fit_s = time.perf_counter() - start
+    fit_rss = peak_rss_mib()
+    start = time.perf_counter()
+    with torch.no_grad():
+        anomaly_map, score = model(synthetic_batch(10_000, size, 4))
+    test_s = time.perf_counter() - start
+    maps = anomaly_map.double().numpy()
+    row = {"experiment": experiment, "backbone": cfg.model.backbone.name, "n_features": int(cfg.model.n_features),
+           "n_images": n_images, "size": size, "build_peak_rss_mib": build_rss, "accumulate_s": accumulate_s,
+           "fit_s": fit_s, "fit_peak_rss_mib": fit_rss, "test_s_4_images": test_s, "peak_rss_mib": peak_rss_mib()}
+    if save is not None:
+        np.savez(save, maps=maps, scores=score.double().numpy())
+    if compare is not None:
+        before = np.load(compare)["maps"]
+        row["max_rel_map_diff"] = float(np.abs(maps - before).max() / np.abs(before).max())
+        row["max_map_diff"] = float(np.abs(maps - before).max())
+    return row
+
+
+def memory(args: argparse.Namespace) -> None:
+    """Run ``memory_worker`` in a fresh process (its own peak RSS) and print the figures."""
+    for n_images in args.n_train:
+        command = [sys.executable, __file__, "--worker", "--memory", "--n-train", str(n_images),
+                   "--experiment", args.experiment, "--threads", str(args.threads)]
+        if args.save_maps:
+            command += ["--save-maps", str(args.save_maps)]
+        if args.compare_maps:
+            command += ["--compare-maps", str(args.compare_maps)]
+        out = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+        if out.returncode != 0:
+            print(out.stderr[-2000:])
+            continue
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        line = (f"{row['experiment']} ({row['backbone']}, Rd{row['n_features']}, {row['size']}²) "
+                f"n_images={row['n_images']}: fit {row['fit_s']:.1f} s (accumulate {row['accumulate_s']:.1f} s), "
+                f"test 4 images {row['test_s_4_images']:.1f} s, peak RSS after build "
+                f"{row['build_peak_rss_mib'] / 1024:.2f} GiB, fit {row['fit_peak_rss_mib'] / 1024:.2f} GiB, "
+                f"overall {row['peak_rss_mib'] / 1024:.2f} GiB")
+        if "max_rel_map_diff" in row:
+            line += f", maps vs saved: max |Δ| {row['max_map_diff']:.3g} ({row['max_rel_map_diff']:.3g} of max)"
+        print(line, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--impl", nargs="+", default=["ours", "anomalib"], choices=["ours", "anomalib"])
@@ -133,13 +225,27 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=REPO / "data" / "bench_synthetic")
     parser.add_argument("--category", default=None)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--memory", action="store_true",
+                        help="peak RSS and time of the paper preset with random weights (default 60 images)")
+    parser.add_argument("--experiment", default="padim_wr50", help="experiment preset for --memory")
+    parser.add_argument("--save-maps", type=Path, default=None, help="--memory: write the test maps here (.npz)")
+    parser.add_argument("--compare-maps", type=Path, default=None, help="--memory: compare with maps saved before")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory:
+        if args.n_train == parser.get_default("n_train"):
+            args.n_train = [60]
+        if args.worker:
+            print(json.dumps(memory_worker(args.n_train[0], args.experiment, args.threads, args.save_maps,
+                                           args.compare_maps)))
+        else:
+            memory(args)
+        return
     if args.worker:
         print(json.dumps(worker(args.impl[0], args.n_train[0], args.root, args.category, args.threads)))
         return
     if "anomalib" in args.impl and not (BENCH_DEPS / "anomalib").is_dir():
-        print(f"anomalib not installed: run the command in this script's docstring ({__file__}); measuring ours only.")
+        print("anomalib not installed: run `make bench-deps` (installs it into .bench-deps/); measuring ours only.")
         args.impl = [i for i in args.impl if i != "anomalib"]
     rows = []
     for n_train in args.n_train:
