@@ -20,6 +20,7 @@ from hydra.utils import instantiate
 import anomaly.config.resolvers  # noqa: F401 - ${anomaly.*} resolvers used by the model config
 from anomaly.conf import CONF_DIR
 from anomaly.nn.diffusion import SemanticGuidedBranch, build_autoencoder, build_unet, ddim_reconstruct
+from anomaly.nn.diffusion.latents import FeatureLatent
 
 CONF = str(CONF_DIR)
 
@@ -33,7 +34,8 @@ def paper_sizes() -> None:
         unet = build_unet("sd15")
         branch = SemanticGuidedBranch(unet, control="mid", sff=True, downsampling=8, copy_weights=False)
         vae = build_autoencoder("kl-f8")
-    figures = {"UNet": (millions(unet), 859.5), "SG branch": (millions(branch.controlnet), 361.3),
+    figures = {"UNet": (millions(unet), 859.5),
+               "SG branch": (millions(branch.controlnet) + millions(branch.source_convs), 361.3),
                "SFF": (millions(branch.sff), 110.6), "VAE": (millions(vae), 83.7)}
     print("paper preset (meta device)      ours      paper")
     for name, (ours, paper) in figures.items():
@@ -44,8 +46,6 @@ def cpu_model(experiment: str) -> torch.nn.Module:
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={experiment}"])
     model = instantiate(cfg.model)
-    if model.autoencoder is not None:
-        model.latent_scale.fill_(1.0)
     return model, cfg
 
 
@@ -69,18 +69,17 @@ def main() -> None:
 
     model, cfg = cpu_model(args.experiment)
     size, batch = cfg.data.image_size, cfg.data.batch_size
-    features = model.feature_latent is not None
-    latent = f"viewing decoder {millions(model.feature_decoder):.2f} M" if features else (
-        f"autoencoder {millions(model.autoencoder):.2f} M")
+    features = isinstance(model.latent, FeatureLatent)
+    latent = f"viewing decoder {millions(model.latent.decoder):.2f} M" if features else (
+        f"autoencoder {millions(model.latent.autoencoder):.2f} M")
     print(f"{args.experiment}: UNet {millions(model.denoiser.unet):.2f} M, SG branch "
           f"{millions(model.denoiser.branch.controlnet):.2f} M, SFF {millions(model.denoiser.branch.sff):.2f} M, "
           f"{latent}, {size}² images")
     images = torch.randn(batch, 3, size, size)
     model.train()
-    model._start_diffusion_phase(images)  # diffusion phase: the autoencoder is frozen
+    model.latent.prepare(images, lambda value: value)  # diffusion phase: the latent is frozen, its scale set
     params = [p for m in model.denoiser.trainable_modules().values() for p in m.parameters()]
-    if features:
-        params += list(model.feature_decoder.parameters())
+    params += [p for group, _ in model.latent.optimizer_groups() for p in group["params"]]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
 
     def train_step() -> None:
@@ -92,8 +91,7 @@ def main() -> None:
         x_t = model.scheduler.add_noise(z0, noise, t)
         target = z0 if model.scheduler.config.prediction_type == "sample" else noise
         loss = (model.denoiser(x_t, t, images) - target).pow(2).mean()
-        if features:
-            loss = loss + (model.decode(z0) - images).abs().mean()
+        loss = loss + sum(model.latent.auxiliary_losses(z0, images).values())
         loss.backward()
         optimizer.step()
 
@@ -111,16 +109,12 @@ def main() -> None:
         den_s = timed(lambda: ddim_reconstruct(lambda x, t: model.denoiser(x, t, test), model.sampler, z0,
                                                model.t_start, model.n_steps), repeat)
         recon = model.decode(z0)
-        if features:
-            split = model.feature_latent.split
-            score_s = timed(lambda: model.scorer.finish(model.scorer.feature_distances(split(z0), split(z0), test.shape[-2:])), repeat)
-        else:
-            score_s = timed(lambda: model.scorer(test, recon), repeat)
-        if model.calibrate:  # calibration statistics from the same images (its pass costs one forward per image)
+        score_s = timed(lambda: model.scorer.finish(model.latent.distances(model.scorer, test, z0, z0, recon)), repeat)
+        batch_of = {"image": test, "category": ["bench"] * eval_batch, "path": ["bench.png"] * eval_batch}
+        if model.calibration is not None:  # statistics from the same images (its pass costs one forward per image)
             other = torch.randn_like(test)
-            model.fit_calibration([{"image": x, "category": ["bench"] * eval_batch} for x in (test, other)])
-            model._batch_categories = ["bench"] * eval_batch
-        total_s = timed(lambda: model(test), repeat)
+            model.fit_calibration([{**batch_of, "image": x} for x in (test, other)])
+        total_s = timed(lambda: model.evaluate_batch(batch_of), repeat)
     per = 1000 / eval_batch
     steps = int((model.sampler.timesteps <= model.t_start).sum())
     print(f"test: {eval_batch / total_s:.1f} images/s at batch {eval_batch}; per image: latent "

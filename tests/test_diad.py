@@ -14,15 +14,30 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from anomaly.models.diad import DiAD, NonFiniteLossError
+from anomaly.models.diad import DiAD
+from anomaly.models.guards import NonFiniteLossError
 from anomaly.nn.backbone import FeatureExtractor
 from anomaly.nn.diffusion import WeightsError
+from anomaly.nn.diffusion.latents import AutoencoderLatent, FeatureLatent
 from anomaly.nn.diffusion.presets import DiffusionConfigError
+from anomaly.nn.feature_distance import ScoringConfigError
 from tests.conftest import REPO
 
 TINY_UNET = {"preset": "cpu", "block_out_channels": [16, 32, 32], "layers_per_block": 1, "norm_num_groups": 8,
              "cross_attention_dim": 16, "attention_head_dim": 4}
 TINY_AE = {"preset": "cpu", "block_out_channels": [16, 16, 16]}
+AE = "anomaly.nn.diffusion.latents.AutoencoderLatent"
+FEATURES = "anomaly.nn.diffusion.latents.FeatureLatent"
+
+
+def ae(**options: Any) -> dict[str, Any]:
+    """A ``model.latent`` node of the tiny autoencoder latent."""
+    return {"_target_": AE, **TINY_AE, "fit_steps": 2, "scale": "auto", **options}
+
+
+def features(**options: Any) -> dict[str, Any]:
+    """A ``model.latent`` node of the feature latent."""
+    return {"_target_": FEATURES, **options}
 CATEGORIES = ["a", "b"]
 
 
@@ -55,8 +70,8 @@ def tiny(**overrides: Any) -> DiAD:
     torch.manual_seed(0)
     args: dict[str, Any] = {
         "backbone": FeatureExtractor("efficientnet_lite0", ["blocks.1", "blocks.2"], weights="none"),
-        "input_size": 32, "unet": TINY_UNET, "autoencoder": {**TINY_AE, "fit_steps": 2}, "lr": 1e-3,
-        "n_steps": 2, "latent_scale": "auto", "ema_decay": 0.5, "scoring": {"sigma": 1.0, "pool_size": 4},
+        "input_size": 32, "unet": TINY_UNET, "latent": ae(), "lr": 1e-3,
+        "n_steps": 2, "ema_decay": 0.5, "scoring": {"sigma": 1.0, "pool_size": 4},
     }
     return DiAD(**{**args, **overrides})
 
@@ -77,18 +92,29 @@ def eps_loss(model: DiAD, batch: torch.Tensor) -> float:
 
 
 def test_a_short_training_run_lowers_the_noise_prediction_loss(tmp_path: Path) -> None:
+    """...and with no pretrained UNet weights (unet.train_encoder=auto) the whole UNet trains."""
     model = tiny(ema=False)
+    assert isinstance(model.latent, AutoencoderLatent) and model.denoiser.train_encoder
     batch = Images().images
-    trainer(tmp_path, 2).fit(model, datamodule=Data())  # the autoencoder phase, then the scale is set
-    model._start_diffusion_phase(batch)
+    trainer(tmp_path, 2).fit(model, datamodule=Data())  # the autoencoder phase
+    model.latent.prepare(batch, lambda value: value)  # freezes it and sets the scale
     before = eps_loss(model, batch)
-    ae_before = model.autoencoder.encoder.conv_in.weight.detach().clone()
-    frozen_before = model.denoiser.unet.down_blocks[0].resnets[0].conv1.weight.detach().clone()
+    ae_before = model.latent.autoencoder.encoder.conv_in.weight.detach().clone()
+    encoder_before = model.denoiser.unet.down_blocks[0].resnets[0].conv1.weight.detach().clone()
     trainer(tmp_path, 32).fit(model, datamodule=Data())
     assert eps_loss(model, batch) < 0.8 * before
-    assert torch.equal(model.autoencoder.encoder.conv_in.weight, ae_before)  # frozen after its phase
+    assert torch.equal(model.latent.autoencoder.encoder.conv_in.weight, ae_before)  # frozen after its phase
+    assert not torch.equal(model.denoiser.unet.down_blocks[0].resnets[0].conv1.weight, encoder_before)
+    assert torch.isfinite(model.latent.scale) and float(model.latent.scale) > 0
+
+
+def test_the_paper_keeps_a_pretrained_unets_encoder_frozen(tmp_path: Path) -> None:
+    model = tiny(ema=False, unet={**TINY_UNET, "train_encoder": False})
+    frozen_before = model.denoiser.unet.down_blocks[0].resnets[0].conv1.weight.detach().clone()
+    decoder_before = model.denoiser.unet.up_blocks[0].resnets[0].conv1.weight.detach().clone()
+    trainer(tmp_path, 6).fit(model, datamodule=Data())
     assert torch.equal(model.denoiser.unet.down_blocks[0].resnets[0].conv1.weight, frozen_before)
-    assert torch.isfinite(model.latent_scale) and float(model.latent_scale) > 0
+    assert not torch.equal(model.denoiser.unet.up_blocks[0].resnets[0].conv1.weight, decoder_before)
 
 
 def test_resume_continues_the_schedule_the_ema_and_the_latent_scale(tmp_path: Path) -> None:
@@ -97,13 +123,13 @@ def test_resume_continues_the_schedule_the_ema_and_the_latent_scale(tmp_path: Pa
     first.fit(model, datamodule=Data())
     path = tmp_path / "mid.ckpt"
     first.save_checkpoint(path)
-    scale = float(model.latent_scale)
+    scale = float(model.latent.scale)
     resumed = tiny(warmup_steps=10)
     again = trainer(tmp_path, 10)
     again.fit(resumed, datamodule=Data(), ckpt_path=path)
     assert again.global_step == 10
     assert resumed.ema.updates == 8  # one per diffusion step: 4 before the checkpoint, 4 after
-    assert float(resumed.latent_scale) == scale  # estimated once, restored, not re-estimated
+    assert float(resumed.latent.scale) == scale  # estimated once, restored, not re-estimated
     schedule = again.lr_scheduler_configs[0].scheduler
     assert schedule.last_epoch == 10 and schedule.get_last_lr()[0] == pytest.approx(1e-3 * 0.9)
 
@@ -119,7 +145,7 @@ class LearningRates(L.Callback):
 
 
 def test_the_autoencoder_phase_decays_its_lr_to_zero_and_the_diffusion_phase_warms_up(tmp_path: Path) -> None:
-    model = tiny(autoencoder={**TINY_AE, "fit_steps": 4, "lr": 1e-3}, warmup_steps=2, ema=False)
+    model = tiny(latent=ae(fit_steps=4, lr=1e-3), warmup_steps=2, ema=False)
     lrs = LearningRates()
     trainer(tmp_path, 8, callbacks=[lrs]).fit(model, datamodule=Data())
     diffusion, autoencoder = zip(*lrs.seen, strict=True)
@@ -140,24 +166,33 @@ def test_the_autoencoder_stage_can_decay_its_lr_to_zero_over_the_run(tmp_path: P
 
 
 def test_nan_loss_stops_with_the_step_and_a_hint(tmp_path: Path) -> None:
-    model = tiny(autoencoder={**TINY_AE, "fit_steps": 1})
+    model = tiny(latent=ae(fit_steps=1))
     with torch.no_grad():
-        model.autoencoder.decoder.conv_out.bias.fill_(float("nan"))
+        model.latent.autoencoder.decoder.conv_out.bias.fill_(float("nan"))
     with pytest.raises(NonFiniteLossError, match=r"at step 0.*ckpt_path=last"):
         trainer(tmp_path, 3).fit(model, datamodule=Data())
 
 
-def test_bad_sizes_and_missing_weights_fail_with_one_clear_sentence(tmp_path: Path) -> None:
+def test_bad_sizes_options_and_missing_weights_fail_with_one_clear_sentence(tmp_path: Path) -> None:
     with pytest.raises(DiffusionConfigError, match="multiples of 16.*use e.g. 32 or 48"):
         tiny(input_size=40)
-    with pytest.raises(WeightsError, match="model.autoencoder.weights.*fit_steps"):
-        tiny(autoencoder={**TINY_AE, "fit_steps": 0})
+    with pytest.raises(WeightsError, match="model.latent.weights.*fit_steps"):
+        tiny(latent=ae(fit_steps=0))
     with pytest.raises(WeightsError, match="does not exist.*diad_autoencoder"):
-        tiny(autoencoder={**TINY_AE, "weights": str(tmp_path / "ae.ckpt")})
+        tiny(latent=ae(weights=str(tmp_path / "ae.ckpt")))
     with pytest.raises(WeightsError, match="model.unet.weights=.*model.download=true"):
         tiny(unet={**TINY_UNET, "weights": "stable-diffusion-v1-5/stable-diffusion-v1-5"})
     with pytest.raises(DiffusionConfigError, match="model.control"):
         tiny(control="some")
+    with pytest.raises(DiffusionConfigError, match="model.sff_input=raw is not valid"):
+        tiny(sff_input="raw")
+    with pytest.raises(DiffusionConfigError, match="model.latent._target_=pixels cannot be imported"):
+        tiny(latent={"_target_": "pixels"})
+    with pytest.raises(DiffusionConfigError, match=r"model.latent has \['reference'\], which FeatureLatent does not"):
+        tiny(latent=features(reference="autoencoder"))
+    # A typo in the scoring layers stops at construction, not at the first test batch after training.
+    with pytest.raises(ScoringConfigError, match=r"model.scoring.layers has \['blocks.9'\].*choose from"):
+        tiny(scoring={"layers": ["blocks.9"]})
 
 
 def test_inference_is_batch_independent_and_class_conditioning_needs_known_categories(tmp_path: Path) -> None:
@@ -165,22 +200,23 @@ def test_inference_is_batch_independent_and_class_conditioning_needs_known_categ
     trainer(tmp_path, 4).fit(model, datamodule=Data())
     model.eval()
     images = Images().images[:4]
-    model._batch_categories = ["a", "b", "a", "b"]
-    maps, scores = model(images)
-    assert maps.shape == (4, 1, 32, 32) and scores.shape == (4,)
-    model._batch_categories = ["b"]
-    single_map, single = model(images[1:2])
-    torch.testing.assert_close(single, scores[1:2], rtol=1e-4, atol=1e-5)
-    assert model.last_reconstruction.shape == (1, 3, 32, 32)
-    model._batch_categories = ["c"]
+    out = model.score_batch({"image": images, "category": ["a", "b", "a", "b"]})
+    assert out.anomaly_map.shape == (4, 1, 32, 32) and out.score.shape == (4,)
+    assert out.reconstruction.shape == (4, 3, 32, 32) and out.raw_map.shape == (4, 1, 32, 32)
+    single = model.score_batch({"image": images[1:2], "category": ["b"]})
+    torch.testing.assert_close(single.score, out.score[1:2], rtol=1e-4, atol=1e-5)
+    other = model.score_batch({"image": images[1:2], "category": ["a"]})
+    assert not torch.equal(other.reconstruction, single.reconstruction)  # the category conditions the denoiser
     with pytest.raises(DiffusionConfigError, match=r"\['c'\] were not trained"):
+        model.score_batch({"image": images[:1], "category": ["c"]})
+    with pytest.raises(DiffusionConfigError, match="needs each image's category"):
         model(images[:1])
 
 
 EXPERIMENT_ARGS = {
-    "diad_pixel_cpu": ["model.autoencoder.fit_steps=3", "+model.autoencoder.block_out_channels=[16,16,16]"],
+    "diad_pixel_cpu": ["model.latent.fit_steps=3", "+model.latent.block_out_channels=[16,16,16]"],
     # the feature latent, calibrated on the normal training images before each test
-    "diad_cpu": ["model.features.decoder_width=16", "callbacks.model_checkpoint.every_n_train_steps=3"],
+    "diad_cpu": ["model.latent.decoder_width=16", "callbacks.model_checkpoint.every_n_train_steps=3"],
 }
 
 
@@ -200,7 +236,8 @@ def test_train_then_evaluate_reproduces_the_metrics(experiment: str, synthetic_r
              "data.category=[capsule,fabric]", "data.prepare=null", "data.image_size=32", "data.num_workers=0",
              "trainer.max_steps=6", "model.n_steps=2", *tiny_args, *EXPERIMENT_ARGS[experiment],
              "model.scoring.resize=null", f"model.backbone.weights={weights}", "model.unet.layers_per_block=1",
-             "callbacks.heatmaps.n_images=1", "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"]
+             "data.val=none", "callbacks.heatmaps.n_images=1", "trainer.enable_progress_bar=false",
+             f"hydra.run.dir={run_dir}"]
     result = subprocess.run(train, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     weights.unlink()  # evaluate rebuilds from the architecture stored in the checkpoint
@@ -215,12 +252,17 @@ def test_train_then_evaluate_reproduces_the_metrics(experiment: str, synthetic_r
             assert again["categories"][category][name] == pytest.approx(value, abs=1e-6), (category, name)
 
 
+def ready(model: DiAD) -> DiAD:
+    """The tiny autoencoder model past its fitting phase, with a unit latent scale."""
+    model.latent.fit_steps = 0
+    model.latent.scale.fill_(1.0)
+    return model
+
+
 def test_with_a_synthesis_source_the_denoiser_learns_to_repair(monkeypatch: pytest.MonkeyPatch) -> None:
     import anomaly.models.diad as diad
 
-    model = tiny(ema=False, scheduler={"prediction_type": "sample"})
-    model.ae_fit_steps, model._ae_frozen = 0, True
-    model.latent_scale.fill_(1.0)
+    model = ready(tiny(ema=False, scheduler={"prediction_type": "sample"}))
     monkeypatch.setattr(model, "encode", lambda image, sample=False, cached=False: torch.nn.functional.avg_pool2d(image, 4))
     noised: list[torch.Tensor] = []
     monkeypatch.setattr(diad, "q_sample", lambda s, z, t, n: noised.append(z) or s.add_noise(z, n, t))
@@ -252,22 +294,19 @@ def test_the_autoencoder_reference_cancels_the_autoencoders_own_error(monkeypatc
     images = Images().images[:2]
     maps = {}
     for reference in ("input", "autoencoder"):
-        model = tiny(reference=reference).eval()
-        model.latent_scale.fill_(1.0)
+        model = ready(tiny(latent=ae(reference=reference))).eval()
         monkeypatch.setattr(model, "denoise", lambda image, z0, categories=None: z0)
         maps[reference] = model(images)[0]
     assert float(maps["autoencoder"].abs().max()) < 1e-5  # an untrained autoencoder's blur cancels...
     assert float(maps["input"].mean()) > 1e-3  # ...which the paper's reference scores everywhere
-    with pytest.raises(DiffusionConfigError, match="model.reference=pixels.*'input', 'autoencoder'"):
-        tiny(reference="pixels")
+    with pytest.raises(DiffusionConfigError, match="model.latent.reference=pixels.*'input', 'autoencoder'"):
+        tiny(latent=ae(reference="pixels"))
 
 
 def test_t_train_max_bounds_the_training_timesteps_and_must_exceed_t_start(monkeypatch: pytest.MonkeyPatch) -> None:
     import anomaly.models.diad as diad
 
-    model = tiny(t_start=100, t_train_max=300, ema=False)
-    model.ae_fit_steps, model._ae_frozen = 0, True
-    model.latent_scale.fill_(1.0)
+    model = ready(tiny(t_start=100, t_train_max=300, ema=False))
     steps: list[torch.Tensor] = []
     monkeypatch.setattr(diad, "q_sample", lambda s, z, t, n: steps.append(t) or s.add_noise(z, n, t))
     batch = {"image": Images().images.repeat(8, 1, 1, 1), "label": torch.zeros(64), "category": ["a"] * 64}
@@ -278,7 +317,7 @@ def test_t_train_max_bounds_the_training_timesteps_and_must_exceed_t_start(monke
 
 
 def features_model(**overrides: Any) -> DiAD:
-    return tiny(latent="features", features={"downsampling": 4, "decoder_width": 16, "decoder_lr": 1e-2},
+    return tiny(latent=features(downsampling=4, decoder_width=16, decoder_lr=1e-2),
                 scheduler={"prediction_type": "sample"}, scoring={"sigma": 1.0, "pool_size": 4, "resize": 64},
                 **overrides)
 
@@ -287,18 +326,18 @@ def test_the_feature_latent_scores_feature_changes_where_the_denoiser_made_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = features_model(ema=False)
-    assert model.autoencoder is None and model.denoiser.unet.config.in_channels == 64
+    assert isinstance(model.latent, FeatureLatent) and model.denoiser.unet.config.in_channels == 64
     images = Images().images
-    decoder = [p.detach().clone() for p in model.feature_decoder.parameters()]
+    decoder = [p.detach().clone() for p in model.latent.decoder.parameters()]
     trainer(tmp_path, 4).fit(model, datamodule=Data())
-    assert model.feature_latent.fitted  # statistics from the first batch
-    changed_weights = [not torch.equal(a, b) for a, b in zip(decoder, model.feature_decoder.parameters(), strict=True)]
+    assert model.latent.grid.fitted  # statistics from the first batch
+    changed_weights = [not torch.equal(a, b) for a, b in zip(decoder, model.latent.decoder.parameters(), strict=True)]
     assert all(changed_weights)  # the viewing decoder trains beside the denoiser
-    assert "autoencoder" not in model.restore_overrides()
+    assert model.restore_overrides()["latent"] == {}  # nothing to rebuild but the backbone, already there
     model.eval()
     monkeypatch.setattr(model, "denoise", lambda image, z0, categories=None: z0)
-    maps, scores = model(images[:2])
-    assert float(maps.abs().max()) < 1e-4 and model.last_reconstruction.shape == (2, 3, 32, 32)
+    out = model.score_batch({"image": images[:2], "category": ["a", "a"]})
+    assert float(out.anomaly_map.abs().max()) < 1e-4 and out.reconstruction.shape == (2, 3, 32, 32)
 
     def changed(image: torch.Tensor, z0: torch.Tensor, categories: Any = None) -> torch.Tensor:
         z = z0.clone()
@@ -311,15 +350,6 @@ def test_the_feature_latent_scores_feature_changes_where_the_denoiser_made_them(
     assert float(inside) > 5 * float(outside)
 
 
-def test_feature_latent_options_fail_with_one_clear_sentence() -> None:
-    with pytest.raises(DiffusionConfigError, match="model.latent=pixels is not valid"):
-        tiny(latent="pixels")
-    with pytest.raises(DiffusionConfigError, match="model.reference=autoencoder needs model.latent=autoencoder"):
-        features_model(reference="autoencoder")
-    with pytest.raises(DiffusionConfigError, match="multiples of 32"):
-        tiny(latent="features", features={"downsampling": 8}, input_size=48)
-
-
 def test_calibration_z_scores_maps_against_the_categorys_normal_maps(monkeypatch: pytest.MonkeyPatch) -> None:
     """A hot spot every normal map has (say the image border) vanishes; a new one stands out."""
     model = features_model(calibrate=True).eval()
@@ -328,35 +358,27 @@ def test_calibration_z_scores_maps_against_the_categorys_normal_maps(monkeypatch
     usual[..., :4, :] = 5.0  # the denoiser's error on every normal image of category a
     maps = {"a": lambda n: usual + 0.1 * torch.rand(n, 1, 32, 32, generator=g),
             "b": lambda n: 0.1 * torch.rand(n, 1, 32, 32, generator=g)}
-    monkeypatch.setattr(model, "distances", lambda image: torch.cat([maps[c](1) for c in model._batch_categories]))
+    current: dict[str, Any] = {}
+
+    def distances(image: torch.Tensor, categories: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        raw = current.get("map")
+        return (torch.cat([maps[c](1) for c in categories]) if raw is None else raw), image
+
+    monkeypatch.setattr(model, "distances", distances)
     images = Images().images
-    with pytest.raises(DiffusionConfigError, match=r"no normal maps of \['a'\]"):
-        model._batch_categories = ["a"]
-        model(images[:1])
+    batch = {"image": images[:2], "category": ["a", "b"], "path": ["0.png", "1.png"]}
     batches = [{"image": images[:4], "category": ["a", "b", "a", "b"]} for _ in range(10)]
     model.fit_calibration(batches)
-    model._batch_categories = ["a", "b"]
-    normal, scores = model(images[:2])
-    assert float(normal[:, :, :4].abs().mean()) < 2.0  # the usual error is within its spread
+    normal = model.evaluate_batch(batch)
+    assert float(normal.anomaly_map[:, :, :4].abs().mean()) < 2.0  # the usual error is within its spread
+    uncalibrated = model.score_batch(batch)
+    assert float(uncalibrated.anomaly_map[0, :, :4].mean()) > 4.0  # ...which it is not before calibration
     defect = maps["a"](1)
     defect[..., 20:24, 20:24] += 1.0
-    monkeypatch.setattr(model, "distances", lambda image: defect)
-    model._batch_categories = ["a"]
-    anomalous, score = model(images[:1])
-    assert float(anomalous[0, 0, 20:24, 20:24].mean()) > 5 * float(anomalous[0, 0, :4].abs().mean())
-    assert float(score[0]) > float(scores.max())
-    model._batch_categories = None
-    with pytest.raises(DiffusionConfigError, match="needs each image's category"):
-        model(images[:1])
-
-
-def test_loading_weights_drops_a_calibration_fitted_on_other_weights(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = features_model(calibrate=True).eval()
-    monkeypatch.setattr(model, "distances", lambda image: torch.rand(image.shape[0], 1, 32, 32))
-    model.fit_calibration([{"image": Images().images[:4], "category": ["a"] * 4}])
-    assert set(model.calibration.statistics) == {"a"} and model._batch_categories is None
-    model.load_state_dict(features_model(calibrate=True).state_dict())
-    assert model.calibration.statistics == {}
+    current["map"] = defect
+    anomalous = model.evaluate_batch({**batch, "image": images[:1], "category": ["a"], "path": ["2.png"]})
+    assert float(anomalous.anomaly_map[0, 0, 20:24, 20:24].mean()) > 5 * float(anomalous.anomaly_map[0, 0, :4].abs().mean())
+    assert float(anomalous.score[0]) > float(normal.score.max())
 
 
 def test_each_parameter_group_is_clipped_on_its_own() -> None:
@@ -376,7 +398,9 @@ def test_each_parameter_group_is_clipped_on_its_own() -> None:
 
 
 def test_feature_latent_sizes_and_scoring_layers_fail_with_one_clear_sentence() -> None:
-    with pytest.raises(DiffusionConfigError, match="model.features.downsampling=3 is not supported"):
-        tiny(latent="features", features={"downsampling": 3})
-    with pytest.raises(DiffusionConfigError, match=r"model.scoring.layers has \['blocks.2'\].*model.features.layers"):
-        tiny(latent="features", features={"layers": ["blocks.1"]}, scoring={"layers": ["blocks.1", "blocks.2"]})
+    with pytest.raises(DiffusionConfigError, match="model.latent.downsampling=3 is not supported"):
+        tiny(latent=features(downsampling=3))
+    with pytest.raises(DiffusionConfigError, match="multiples of 32"):
+        tiny(latent=features(downsampling=8), input_size=48)
+    with pytest.raises(DiffusionConfigError, match=r"model.scoring.layers has \['blocks.2'\].*model.latent.layers"):
+        tiny(latent=features(layers=["blocks.1"]), scoring={"layers": ["blocks.1", "blocks.2"]})

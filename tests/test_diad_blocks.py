@@ -9,7 +9,6 @@ from torch import nn
 from anomaly.nn.diffusion import (
     Conditioning,
     ControlledDenoiser,
-    ModuleEMA,
     SemanticGuidedBranch,
     SpatialFeatureFusion,
     WeightsError,
@@ -22,6 +21,7 @@ from anomaly.nn.diffusion import (
 from anomaly.nn.diffusion.control import hint_channels
 from anomaly.nn.diffusion.presets import DiffusionConfigError
 from anomaly.nn.diffusion.sampling import denoising_target
+from anomaly.nn.ema import ModuleEMA
 from anomaly.nn.feature_distance import FeatureDistance, pooled_max
 
 pytestmark = pytest.mark.one_thread
@@ -41,10 +41,12 @@ def count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def tiny_denoiser(control: str = "mid", sff: bool = True, seed: int = 0, train_encoder: bool = False) -> ControlledDenoiser:
+def tiny_denoiser(
+    control: str = "mid", sff: bool = True, seed: int = 0, train_encoder: bool = False, sff_input: str = "features"
+) -> ControlledDenoiser:
     torch.manual_seed(seed)
     unet = build_unet("cpu", **TINY)
-    branch = SemanticGuidedBranch(unet, control=control, sff=sff, downsampling=4)
+    branch = SemanticGuidedBranch(unet, control=control, sff=sff, downsampling=4, sff_input=sff_input)
     return ControlledDenoiser(unet, branch, Conditioning("empty", dim=16), train_encoder=train_encoder)
 
 
@@ -59,7 +61,7 @@ def test_paper_preset_has_the_papers_sizes_on_the_meta_device() -> None:
         unet = build_unet("sd15")
         branch = SemanticGuidedBranch(unet, control="mid", sff=True, downsampling=8, copy_weights=False)
         autoencoder = build_autoencoder("kl-f8")
-    for got, paper in [(count(unet), 859.5e6), (count(branch.controlnet), 361.3e6), (count(branch.sff), 110.6e6),
+    for got, paper in [(count(unet), 859.5e6), (count(branch.controlnet) + count(branch.source_convs), 361.3e6), (count(branch.sff), 110.6e6),
                        (count(autoencoder), 83.7e6)]:
         assert abs(got - paper) / paper < 0.01, (got, paper)
     # SFF: three 640→1280 and six 1280→1280 stride-2 3×3 convs, as the official code.
@@ -266,7 +268,7 @@ def test_pooled_max_smooths_before_taking_the_maximum() -> None:
 
 def test_missing_weights_fail_with_the_option_named(tmp_path) -> None:
     with pytest.raises(WeightsError, match="model.autoencoder.weights=.*diad_autoencoder"):
-        build_autoencoder("cpu", weights=str(tmp_path / "missing.ckpt"))
+        build_autoencoder("cpu", weights=str(tmp_path / "missing.ckpt"), option="model.autoencoder")
     with pytest.raises(WeightsError, match="model.unet.weights=.*model.download=true"):
         build_unet("sd15", weights="stable-diffusion-v1-5/not-cached-here")
     with pytest.raises(WeightsError, match="without a diffusers"):
@@ -288,11 +290,11 @@ def test_autoencoder_loads_from_a_folder_and_a_project_checkpoint(tmp_path) -> N
 
 def test_feature_latent_standardises_and_splits_back_to_the_backbones_features() -> None:
     from anomaly.nn.backbone import FeatureExtractor
-    from anomaly.nn.diffusion.feature_latent import FeatureDecoder, FeatureLatent
+    from anomaly.nn.diffusion.feature_latent import FeatureDecoder, FeatureGrid
 
     torch.manual_seed(0)
     backbone = FeatureExtractor("efficientnet_lite0", ["blocks.1", "blocks.2", "blocks.4"], weights="none")
-    latent = FeatureLatent(backbone, downsampling=4, resize=64)
+    latent = FeatureGrid(backbone, downsampling=4, resize=64)
     images = torch.randn(6, 3, 32, 32)
     with pytest.raises(DiffusionConfigError, match="never trained"):
         latent.encode(images)
@@ -307,16 +309,16 @@ def test_feature_latent_standardises_and_splits_back_to_the_backbones_features()
     torch.testing.assert_close(split["blocks.1"], torch.nn.functional.avg_pool2d(features["blocks.1"], 2), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(split["blocks.2"], features["blocks.2"], atol=1e-4, rtol=1e-4)
     assert FeatureDecoder(176, 4, 32)(z).shape == (6, 3, 32, 32)
-    with pytest.raises(DiffusionConfigError, match=r"model.features.layers has \['blocks.3'\]"):
-        FeatureLatent(backbone, layers=["blocks.3"])
+    with pytest.raises(DiffusionConfigError, match=r"model.latent.layers has \['blocks.3'\]"):
+        FeatureGrid(backbone, layers=["blocks.3"])
 
 
 def test_the_viewing_decoder_learns_images_back_from_the_feature_latent() -> None:
     from anomaly.nn.backbone import FeatureExtractor
-    from anomaly.nn.diffusion.feature_latent import FeatureDecoder, FeatureLatent
+    from anomaly.nn.diffusion.feature_latent import FeatureDecoder, FeatureGrid
 
     torch.manual_seed(0)
-    latent = FeatureLatent(FeatureExtractor("efficientnet_lite0", ["blocks.1", "blocks.2"], weights="none"), downsampling=4)
+    latent = FeatureGrid(FeatureExtractor("efficientnet_lite0", ["blocks.1", "blocks.2"], weights="none"), downsampling=4)
     ramp = torch.linspace(-1, 1, 32)
     x, y = ramp[None, :].expand(32, 32), ramp[:, None].expand(32, 32)
     images = torch.stack([torch.stack([x * a, y * b, torch.full((32, 32), float(c))]) for a, b, c in torch.rand(8, 3) * 2 - 1])
@@ -324,23 +326,23 @@ def test_the_viewing_decoder_learns_images_back_from_the_feature_latent() -> Non
     z = latent.encode(images)
     decoder = FeatureDecoder(latent.channels, 4, 32)
     optimizer = torch.optim.Adam(decoder.parameters(), lr=3e-3)
-    first = float((decoder(z) - images).abs().mean())
+    first = float((decoder(z) - images).abs().mean().detach())
     for _ in range(150):
         loss = (decoder(z) - images).abs().mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert float(loss) < 0.3 * first
+    assert float(loss.detach()) < 0.3 * first
 
 
 def test_the_feature_cache_returns_the_same_latents_and_skips_the_backbone_on_hits() -> None:
     from anomaly.nn.backbone import FeatureExtractor
-    from anomaly.nn.diffusion.feature_latent import FeatureLatent
+    from anomaly.nn.diffusion.feature_latent import FeatureGrid
 
     backbone = FeatureExtractor("efficientnet_lite0", ["blocks.1"], weights="none")
     calls: list[int] = []
     backbone.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
-    latent = FeatureLatent(backbone, downsampling=4, cache=3)
+    latent = FeatureGrid(backbone, downsampling=4, cache=3)
     images = torch.randn(4, 3, 32, 32)
     latent.fit(images)
     plain = latent.encode(images)
@@ -349,3 +351,102 @@ def test_the_feature_cache_returns_the_same_latents_and_skips_the_backbone_on_hi
     torch.testing.assert_close(latent.encode(images, cached=True), plain)  # two hits, two misses (one kept)
     torch.testing.assert_close(latent.encode(images[[3, 0]], cached=True), plain[[3, 0]])
     assert calls == [2, 2, 1]  # the cache holds at most 3 images
+
+
+@pytest.mark.parametrize(("sff_input", "learns"), [("features", True), ("zero_conv", False)])
+def test_sff_learns_from_the_first_steps_only_when_it_reads_the_features(sff_input: str, learns: bool) -> None:
+    """Under control=mid the official wiring (SFF reads the zero convs' outputs) never leaves zero."""
+    denoiser = tiny_denoiser(control="mid", sff_input=sff_input)
+    sff = denoiser.branch.sff
+    params = [p for m in denoiser.trainable_modules().values() for p in m.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    sample, t, hint = inputs()
+    target = torch.randn_like(sample)
+    for _ in range(3):
+        loss = torch.nn.functional.mse_loss(denoiser(sample, t, hint), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    largest = max(float(p.detach().abs().max()) for p in sff.parameters())
+    with torch.no_grad():
+        trained = denoiser(sample, t, hint)
+        saved = [p.detach().clone() for p in sff.parameters()]
+        for p in sff.parameters():
+            p.zero_()
+        silent = denoiser(sample, t, hint)  # the same model with SFF adding nothing
+        for p, value in zip(sff.parameters(), saved, strict=True):
+            p.copy_(value)
+    if learns:
+        assert largest > 1e-4 and float((trained - silent).abs().max()) > 1e-6
+    else:
+        assert largest == 0.0 and torch.equal(trained, silent)
+
+
+def test_sff_off_and_on_give_different_models_after_training() -> None:
+    outputs = {}
+    for sff in (True, False):
+        denoiser = tiny_denoiser(control="mid", sff=sff)
+        params = [p for m in denoiser.trainable_modules().values() for p in m.parameters()]
+        optimizer = torch.optim.AdamW(params, lr=1e-3)
+        sample, t, hint = inputs()
+        target = torch.randn_like(sample)
+        for _ in range(3):
+            loss = torch.nn.functional.mse_loss(denoiser(sample, t, hint), target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            outputs[sff] = denoiser(sample, t, hint)
+    assert float((outputs[True] - outputs[False]).abs().max()) > 1e-6
+
+
+def _tiny_stable_diffusion_text_parts(root) -> None:  # noqa: ANN001
+    """A Stable Diffusion folder's tokenizer/ and text_encoder/ at toy size (a 4-token vocabulary)."""
+    import json
+
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    (root / "tokenizer").mkdir(parents=True)
+    (root / "tokenizer" / "vocab.json").write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "a": 3}))
+    (root / "tokenizer" / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer(str(root / "tokenizer" / "vocab.json"), str(root / "tokenizer" / "merges.txt")).save_pretrained(
+        root / "tokenizer"
+    )
+    torch.manual_seed(0)
+    config = CLIPTextConfig(vocab_size=4, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                            num_attention_heads=2, max_position_embeddings=8, bos_token_id=0, eos_token_id=1,
+                            pad_token_id=1)
+    CLIPTextModel(config).save_pretrained(root / "text_encoder")
+
+
+def test_the_clip_context_is_the_text_encoders_embedding_of_the_empty_prompt_and_is_cached(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import CLIPTextModel
+
+    import anomaly.nn.diffusion.clip_context as clip_context
+
+    folder = tmp_path / "sd"
+    _tiny_stable_diffusion_text_parts(folder)
+    cache = tmp_path / "cache"
+    context = Conditioning("clip_empty", dim=16, text_encoder=str(folder), cache_dir=str(cache))
+    encoder = CLIPTextModel.from_pretrained(folder / "text_encoder").eval()
+    ids = torch.tensor([[0] + [1] * 7])  # <|startoftext|> then <|endoftext|> padding to 8 tokens
+    with torch.no_grad():
+        expected = encoder(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(context(3), expected.expand(3, -1, -1))
+    assert context.length == 8 and len(list(cache.glob("*.pt"))) == 1
+    monkeypatch.setattr(clip_context, "_load", lambda *a: pytest.fail("the cached embedding was not used"))
+    again = Conditioning("clip_empty", dim=16, text_encoder=str(folder), cache_dir=str(cache))
+    torch.testing.assert_close(again(1), expected)
+    monkeypatch.undo()
+    # Rebuilt for a checkpoint, it reads nothing and takes its values from the state dict.
+    restored = Conditioning("clip_empty", dim=16, tokens=8, read=False)
+    restored.load_state_dict(context.state_dict())
+    torch.testing.assert_close(restored(1), expected)
+    with pytest.raises(WeightsError, match=r"model.context.text_encoder=.*has no tokenizer/ or text_encoder/"):
+        Conditioning("clip_empty", dim=16, text_encoder=str(tmp_path), cache_dir=str(cache))
+    with pytest.raises(WeightsError, match="embeds into 16 channels but the UNet's cross_attention_dim is 768"):
+        Conditioning("clip_empty", dim=768, text_encoder=str(folder), cache_dir=str(cache))
+    with pytest.raises(WeightsError, match="needs model.context.text_encoder"):
+        Conditioning("clip_empty", dim=16)

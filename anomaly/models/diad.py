@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import zlib
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -13,29 +12,30 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from anomaly.models.base import AnomalyModule, build_block
+from anomaly.models.base import AnomalyModule, build_block, plain
 from anomaly.models.lr_schedules import cosine_to_zero, linear_warmup, per_step
 from anomaly.models.outputs import AnomalyOutput
 from anomaly.nn.diffusion import (
     Conditioning,
     ControlledDenoiser,
-    ModuleEMA,
     SemanticGuidedBranch,
-    WeightsError,
     architecture_of,
-    autoencoder_loss,
-    build_autoencoder,
     build_unet,
     ddim_reconstruct,
     make_scheduler,
     q_sample,
 )
-from anomaly.nn.diffusion.autoencoder import downsampling as ae_downsampling
-from anomaly.nn.diffusion.feature_latent import FeatureDecoder, FeatureLatent
+from anomaly.nn.diffusion.context import CONSTANT as CONSTANT_CONTEXTS
+from anomaly.nn.diffusion.latents import Latent, LatentContext, build_latent
 from anomaly.nn.diffusion.presets import DiffusionConfigError
 from anomaly.nn.diffusion.sampling import check_t_start, denoising_target, sample_timesteps
 from anomaly.nn.diffusion.unet import downsampling as unet_downsampling
+from anomaly.nn.diffusion.unet import train_encoder_of
+from anomaly.nn.ema import ModuleEMA
 from anomaly.nn.feature_distance import FeatureDistance
+
+# The paper's latent when a caller gives none (configs always give model.latent).
+DEFAULT_LATENT = {"_target_": "anomaly.nn.diffusion.latents.AutoencoderLatent", "preset": "kl-f8", "fit_steps": 3000}
 
 
 def check_image_size(size: int | Sequence[int], factor: int) -> None:
@@ -51,82 +51,65 @@ def check_image_size(size: int | Sequence[int], factor: int) -> None:
             )
 
 
-REFERENCES = ("input", "autoencoder")
-LATENTS = ("autoencoder", "features")
-
-
 class DiAD(AnomalyModule):
     """Reconstruct the image through a controlled latent diffusion model; score feature differences.
 
     Training: ε-MSE on latents of normal images; only the SG branch (ControlNet copy, hint encoder,
-    zero convs, SFF), the UNet decoder + output head and a learned context are trained. With a
-    synthesis strategy (``synthesis=perlin`` …) the noisy latent and the hint come from the synthetic
-    anomaly and the target from its normal source, so the denoiser learns to repair. With
-    ``autoencoder.fit_steps > 0`` the first steps fit the autoencoder instead (L1 + KL), for presets
-    without a pretrained one. Inference: encode, noise to ``t_start``, ``n_steps`` DDIM steps with
-    the image as hint at every step (no classifier-free guidance), decode, and compare pretrained
-    features of input and reconstruction (``FeatureDistance``). With ``latent=features`` the latent is
-    the scoring backbone's own standardised features (``FeatureLatent``) instead of an autoencoder's,
-    the map compares the features of the latent and of its denoised version, and a small decoder
-    trained beside the denoiser turns latents into images for viewing only.
+    zero convs, SFF), the UNet decoder + output head and a learned context are trained (the whole
+    UNet when it has no pretrained weights: ``unet.train_encoder=auto``). With a synthesis strategy
+    (``synthesis=perlin`` …) the noisy latent and the hint come from the synthetic anomaly and the
+    target from its normal source, so the denoiser learns to repair. Inference: encode, noise to
+    ``t_start``, ``n_steps`` DDIM steps with the image as hint at every step (no classifier-free
+    guidance), decode, and compare pretrained features (``FeatureDistance``) as the latent kind says.
+
+    The latent is a block chosen by ``model.latent._target_`` (``anomaly.nn.diffusion.latents``):
+    ``AutoencoderLatent`` (the paper's KL autoencoder, optionally fitted in the first steps) or
+    ``FeatureLatent`` (the scoring backbone's standardised features; not in the paper). DiAD talks
+    to it only through the ``Latent`` interface.
 
     Args:
-        backbone: frozen feature extractor for scoring (``model.backbone``).
+        backbone: frozen feature extractor for scoring (a ``model.backbone`` node or module).
         input_size: side or (height, width) the model sees, checked against the downsampling.
+        latent: a ``model.latent`` node (``_target_`` + that kind's options).
         unet: ``build_unet`` arguments: ``preset`` (``sd15``|``cpu``), ``weights``, overrides, and
-            ``train_encoder`` (train the whole UNet; for one trained from scratch).
-        autoencoder: ``build_autoencoder`` arguments plus ``fit_steps``, ``lr``, ``kl_weight``.
-        latent: ``autoencoder`` (the paper) or ``features`` (see above; ``autoencoder`` is unused).
-        features: ``latent=features`` options: ``layers`` (of the backbone; all when ``None``),
-            ``downsampling`` (image / latent side), ``cache`` (training images whose features are
-            kept), ``decoder_width``, ``decoder_lr``.
-        control: ``mid`` (official) or ``all``; sff: use the SFF block.
-        context: ``Conditioning`` arguments (``kind``: empty|file|learned|class, ``tokens``, ...).
+            ``train_encoder`` (``auto``: train the whole UNet when it has no pretrained weights).
+        control: ``mid`` (official) or ``all``; sff: use the SFF block; sff_input: what SFF reads,
+            ``features`` (trainable from step one, the default) or ``zero_conv`` (the official wiring,
+            which never leaves zero under ``control=mid``; see ``anomaly/nn/diffusion/control.py``).
+        context: ``Conditioning`` arguments (``kind``: empty|clip_empty|file|learned|class, ...).
         scheduler: ``DDIMScheduler`` overrides of SD-1.5's schedule.
         t_start, n_steps: inference noising step and DDIM steps.
-        reference: what the reconstruction is compared with: ``input`` (the paper: the image) or
-            ``autoencoder`` (the autoencoder's own reconstruction of the image, so a small
-            autoencoder's blur cancels and the map shows what the denoiser changed).
-        t_train_max: train on timesteps below this only (``None``: the whole schedule, the paper);
-            with a low ``t_start`` the denoiser then spends no steps on noise levels it never meets.
-        lr, weight_decay, warmup_steps: AdamW and a linear warm-up of the diffusion phase (the
-            autoencoder phase's LR decays to 0 by a cosine over ``fit_steps``).
+        t_train_max: train on timesteps below this only (``None``: the whole schedule, the paper).
+        lr, weight_decay, warmup_steps: AdamW and a linear warm-up of the diffusion phase.
         ema, ema_decay: keep an EMA of the trained weights and evaluate with it.
-        latent_scale: latent multiplier; ``None``: the autoencoder's ``scaling_factor``; ``auto``:
-            1/std of the first training batch's latents (LDM's ``scale_by_std``).
         scoring: ``FeatureDistance`` options (``layers``, ``sigma``, ``pool_size``, ``pool_iters``,
             ``resize``, ``distance``).
-        calibrate: before testing, run the category's normal training images through the model and
-            score each test map per pixel as a z-score against their maps (not in the paper: it
-            removes what the denoiser gets wrong on every normal image, e.g. at the image border).
+        calibrate: z-score test maps per pixel against the category's normal training maps.
         compile: ``torch.compile`` the UNet and the ControlNet.
-        download: allow fetching hub ids of ``unet.weights``/``autoencoder.weights``.
+        download: allow fetching hub ids of the UNet's, the autoencoder's or the text encoder's weights.
         seed: seed of the inference noise (per image, from its content: batch-independent).
-        **kwargs: ``AnomalyModule`` options (metrics).
+        **kwargs: ``AnomalyModule`` options (evaluator).
     """
 
     def __init__(
         self,
-        backbone: torch.nn.Module,
+        backbone: Any,
         input_size: int | Sequence[int] = 256,
+        latent: Mapping[str, Any] | None = None,
         unet: dict[str, Any] | None = None,
-        autoencoder: dict[str, Any] | None = None,
-        latent: str = "autoencoder",
-        features: dict[str, Any] | None = None,
         control: str = "mid",
         sff: bool = True,
+        sff_input: str = "features",
         context: dict[str, Any] | None = None,
         scheduler: dict[str, Any] | None = None,
         t_start: int = 999,
         n_steps: int = 10,
-        reference: str = "input",
         t_train_max: int | None = None,
         lr: float = 1e-5,
         weight_decay: float = 0.01,
         warmup_steps: int = 0,
         ema: bool = True,
         ema_decay: float = 0.999,
-        latent_scale: float | str | None = None,
         scoring: dict[str, Any] | None = None,
         calibrate: bool = False,
         compile: bool = False,
@@ -136,78 +119,39 @@ class DiAD(AnomalyModule):
     ) -> None:
         super().__init__(calibrate=calibrate, **kwargs)
         backbone = build_block(backbone)
-        if latent not in LATENTS:
-            raise DiffusionConfigError(f"model.latent={latent} is not valid; choose one of {list(LATENTS)}.")
-        if reference not in REFERENCES:
-            raise DiffusionConfigError(f"model.reference={reference} is not valid; choose one of {list(REFERENCES)}.")
-        if latent == "features" and reference != "input":
-            raise DiffusionConfigError("model.reference=autoencoder needs model.latent=autoencoder.")
-        ae_spec = dict(autoencoder or {"preset": "kl-f8"})
-        self.ae_fit_steps = int(ae_spec.pop("fit_steps", 0)) if latent == "autoencoder" else 0
-        self.ae_lr = float(ae_spec.pop("lr", 1e-4))
-        self.kl_weight = float(ae_spec.pop("kl_weight", 1e-6))
-        if (
-            latent == "autoencoder"
-            and ae_spec.get("weights") is None
-            and ae_spec.get("architecture") is None
-            and self.ae_fit_steps <= 0
-        ):
-            raise WeightsError(
-                "DiAD needs a trained autoencoder: set model.autoencoder.weights to a model=diad_autoencoder "
-                "last.ckpt (or a diffusers/LDM VAE), or model.autoencoder.fit_steps>0 to fit one first."
-            )
-        unet_spec = dict(unet or {"preset": "sd15"})
-        train_encoder = bool(unet_spec.pop("train_encoder", False))
+        scoring = dict(plain(scoring) or {})
+        # The scorer first: a typo in model.scoring.layers stops here, before anything is built.
+        self.scorer = FeatureDistance(backbone, **scoring)
+        unet_spec = dict(plain(unet) or {"preset": "sd15"})
+        train_encoder = train_encoder_of(unet_spec.pop("train_encoder", "auto"), unet_spec.get("weights"))
         # Pretrained UNet first: with SD weights missing, the error names model.unet.weights.
         unet_model = build_unet(download=download, **unet_spec) if unet_spec.get("weights") else None
-        self.autoencoder, self.feature_latent, self.feature_decoder = None, None, None
-        feature_spec = dict(features or {})
-        self.decoder_lr = float(feature_spec.pop("decoder_lr", 1e-3))
-        if latent == "autoencoder":
-            self.autoencoder = build_autoencoder(download=download, **ae_spec)
-            self.autoencoder.requires_grad_(self.ae_fit_steps > 0)
-            width, factor = self.autoencoder.config.latent_channels, ae_downsampling(self.autoencoder)
-        else:
-            decoder_width = int(feature_spec.pop("decoder_width", 128))
-            self.feature_latent = FeatureLatent(backbone, resize=(scoring or {}).get("resize"), **feature_spec)
-            width, factor = self.feature_latent.channels, self.feature_latent.downsampling
-            self.feature_decoder = FeatureDecoder(width, factor, decoder_width)
-        self._ae_frozen = self.ae_fit_steps <= 0
+        self.latent: Latent = build_latent(
+            latent or DEFAULT_LATENT, LatentContext(backbone, resize=scoring.get("resize"), download=download)
+        )
+        self.latent.check_scoring(self.scorer.layers)
         if unet_model is None:  # a fresh UNet takes the latent's width
-            unet_spec.setdefault("in_channels", width)
-            unet_spec.setdefault("out_channels", width)
+            unet_spec.setdefault("in_channels", self.latent.channels)
+            unet_spec.setdefault("out_channels", self.latent.channels)
             unet_model = build_unet(download=download, **unet_spec)
+        factor = self.latent.downsampling
         check_image_size(input_size, factor * 2 ** unet_downsampling(unet_model))
-        branch = SemanticGuidedBranch(unet_model, control=control, sff=sff, downsampling=factor)
-        conditioning = Conditioning(dim=unet_model.config.cross_attention_dim, **dict(context or {}))
+        branch = SemanticGuidedBranch(unet_model, control=control, sff=sff, downsampling=factor, sff_input=sff_input)
+        context_spec = dict(plain(context) or {})
+        context_spec.setdefault("text_encoder", unet_spec.get("weights"))
+        conditioning = Conditioning(dim=unet_model.config.cross_attention_dim, download=download, **context_spec)
         self.denoiser = ControlledDenoiser(unet_model, branch, conditioning, train_encoder)
         self.scheduler = make_scheduler(**dict(scheduler or {}))
         self.sampler = make_scheduler(**dict(scheduler or {}))
         check_t_start(self.sampler, t_start, n_steps)
         self.t_start, self.n_steps = t_start, n_steps
-        self.reference = reference
         total = self.scheduler.config.num_train_timesteps
         if t_train_max is not None and not t_start < t_train_max <= total:
             raise DiffusionConfigError(
                 f"model.t_train_max={t_train_max} must lie in (model.t_start={t_start}, {total}] or be null."
             )
         self.t_train_max = t_train_max
-        self.scorer = FeatureDistance(backbone, **dict(scoring or {}))
-        if self.feature_latent is not None and self.scorer.layers is not None:
-            outside = [layer for layer in self.scorer.layers if layer not in self.feature_latent.layers]
-            if outside:
-                raise DiffusionConfigError(
-                    f"model.scoring.layers has {outside}, which model.features.layers leaves out of the latent; "
-                    "add them there or drop them from the scoring."
-                )
         self.ema = ModuleEMA(self.denoiser.trainable_modules(), ema_decay) if ema else None
-        if latent == "features":
-            scale = 1.0  # the feature latent is standardised already
-        elif latent_scale == "auto":
-            scale = math.nan
-        else:
-            scale = float(latent_scale if latent_scale is not None else self.autoencoder.config.scaling_factor)
-        self.register_buffer("latent_scale", torch.tensor(scale))
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.compile_models, self.seed = compile, seed
         self._ema_swapped = False
@@ -216,25 +160,13 @@ class DiAD(AnomalyModule):
 
     # -- latents ----------------------------------------------------------------------------------
     def encode(self, image: Tensor, sample: bool = False, cached: bool = False) -> Tensor:
-        """Scaled latents of ImageNet-normalised images (posterior sample or mode).
-
-        ``cached``: the feature latent may use its cache (normal training images only).
-        """
-        if self.feature_latent is not None:
-            return self.feature_latent.encode(image, cached=cached)
-        if torch.isnan(self.latent_scale):
-            raise DiffusionConfigError(
-                "model.latent_scale=auto is not estimated yet (the model was never trained); train it or set "
-                "model.latent_scale to a number."
-            )
-        posterior = self.autoencoder.encode(image).latent_dist
-        return (posterior.sample() if sample else posterior.mode()) * self.latent_scale
+        """Latents of ImageNet-normalised images (``sample``: a posterior sample where the latent has one;
+        ``cached``: may use the feature latent's cache of normal training images)."""
+        return self.latent.encode(image, sample=sample, cached=cached)
 
     def decode(self, latent: Tensor) -> Tensor:
-        """Images (ImageNet-normalised) of scaled latents."""
-        if self.feature_decoder is not None:
-            return self.feature_decoder(latent)
-        return self.autoencoder.decode(latent / self.latent_scale).sample
+        """Images (ImageNet-normalised) of latents."""
+        return self.latent.decode(latent)
 
     def _labels(self, categories: Sequence[str] | None, device: torch.device) -> Tensor | None:
         if self.denoiser.context.kind != "class":
@@ -295,12 +227,7 @@ class DiAD(AnomalyModule):
         z0 = self.encode(image)
         denoised = self.denoise(image, z0, categories)
         reconstruction = self.decode(denoised).to(image.dtype)
-        if self.feature_latent is not None:
-            standardised = self.scorer.distance == "l2"  # every channel weighs the same
-            a, b = (self.feature_latent.split(z, standardised) for z in (z0, denoised))
-            return self.scorer.feature_distances(a, b, image.shape[-2:]), reconstruction
-        reference = image if self.reference == "input" else self.decode(z0).to(image.dtype)
-        return self.scorer.distances(reference, reconstruction), reconstruction
+        return self.latent.distances(self.scorer, image, z0, denoised, reconstruction), reconstruction
 
     # -- training ---------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -314,54 +241,40 @@ class DiAD(AnomalyModule):
             self.denoiser.unet.compile()
             self.denoiser.branch.controlnet.compile()
 
-    def _start_diffusion_phase(self, image: Tensor) -> None:
-        """Freeze the autoencoder; estimate the latent scale (or feature statistics) once."""
-        if self.feature_latent is not None:
-            if not self.feature_latent.fitted:
-                self.feature_latent.fit(image)
-                if self._trainer is not None and self.trainer.world_size > 1:
-                    for buffer in (self.feature_latent.mean, self.feature_latent.std):
-                        buffer.copy_(self.trainer.strategy.broadcast(buffer, src=0))
-            return
-        if not self._ae_frozen:
-            self.autoencoder.requires_grad_(False)
-            self._ae_frozen = True
-        if torch.isnan(self.latent_scale):
-            with torch.no_grad():
-                std = self.autoencoder.encode(image).latent_dist.sample().float().std()
-            scale = (1.0 / std).reshape(())
-            if self._trainer is not None and self.trainer.world_size > 1:
-                scale = self.trainer.strategy.broadcast(scale, src=0)
-            self.latent_scale.fill_(float(scale))
+    def _broadcast(self, value: Tensor) -> Tensor:
+        """Rank 0's ``value`` on every rank (itself outside DDP)."""
+        if self._trainer is not None and self.trainer.world_size > 1:
+            return self.trainer.strategy.broadcast(value, src=0)
+        return value
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         image = batch["image"]
         # With a synthesis strategy the batch also holds each image's normal ``source``: the
-        # autoencoder learns normal images and the denoiser learns to repair the synthetic anomalies.
+        # latent is fitted on normal images and the denoiser learns to repair the synthetic anomalies.
         source = batch.get("source")
         normal = image if source is None else source
-        if self.global_step < self.ae_fit_steps and not self._ae_frozen:
-            loss, parts, _ = autoencoder_loss(self.autoencoder, normal, self.kl_weight)
-            self.log_dict({f"train/ae_{k}": v for k, v in parts.items()}, batch_size=image.shape[0])
-            name = "train/ae_loss"
-        else:
-            self._start_diffusion_phase(normal)
-            with torch.no_grad():
-                z0 = self.encode(normal, sample=True, cached=True)
-                z_in = z0 if source is None else self._synthetic_latents(image, z0, batch["label"])
-            noise = torch.randn_like(z0)
-            t = sample_timesteps(self.scheduler, z0.shape[0], z0.device, self.t_train_max)
-            labels = self._labels(batch.get("category"), image.device)
-            x_t = q_sample(self.scheduler, z_in, t, noise)
-            prediction = self.denoiser(x_t, t, image, labels)
-            target = denoising_target(self.scheduler, z0, noise, t, x_t)
-            loss = F.mse_loss(prediction.float(), target.float())
-            name = "train/loss"
-            if self.feature_decoder is not None:  # for viewing only: the latent gets no gradient
-                decoded = F.l1_loss(self.feature_decoder(z0).float(), normal.float())
-                self.log("train/decoder_l1", decoded, batch_size=image.shape[0])
-                loss = loss + decoded
-        self.log(name, loss, prog_bar=True, batch_size=image.shape[0])
+        size = image.shape[0]
+        if self.latent.fitting(self.global_step):
+            loss, parts = self.latent.fit_loss(normal)
+            prefix = f"train/{self.latent.fit_name}"
+            self.log_dict({f"{prefix}_{k}": v for k, v in parts.items()}, batch_size=size)
+            self.log(f"{prefix}_loss", loss, prog_bar=True, batch_size=size)
+            return loss
+        self.latent.prepare(normal, self._broadcast)
+        with torch.no_grad():
+            z0 = self.encode(normal, sample=True, cached=True)
+            z_in = z0 if source is None else self._synthetic_latents(image, z0, batch["label"])
+        noise = torch.randn_like(z0)
+        t = sample_timesteps(self.scheduler, z0.shape[0], z0.device, self.t_train_max)
+        labels = self._labels(batch.get("category"), image.device)
+        x_t = q_sample(self.scheduler, z_in, t, noise)
+        prediction = self.denoiser(x_t, t, image, labels)
+        target = denoising_target(self.scheduler, z0, noise, t, x_t)
+        loss = F.mse_loss(prediction.float(), target.float())
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        for name, extra in self.latent.auxiliary_losses(z0, normal).items():
+            self.log(f"train/{name}", extra, batch_size=size)
+            loss = loss + extra
         return loss
 
     def _synthetic_latents(self, image: Tensor, z0: Tensor, label: Tensor) -> Tensor:
@@ -384,18 +297,20 @@ class DiAD(AnomalyModule):
         """Step, then fold the new weights into the EMA — before any callback (the checkpoint) runs."""
         super().optimizer_step(*args, **kwargs)
         step = self.global_step  # not yet counted: the index of the step just taken
-        if self.ema is not None and step >= self.ae_fit_steps and step != self._last_ema_step:
+        if self.ema is not None and not self.latent.fitting(step) and step != self._last_ema_step:
             self.ema.update()
             self._last_ema_step = step
 
     def restore_overrides(self) -> dict[str, Any]:
-        """Rebuild the UNet and autoencoder from their stored architectures, the backbone untouched."""
+        """Rebuild the UNet and the latent from their stored architectures, the backbone and a constant
+        context untouched (their values come from the checkpoint)."""
         overrides: dict[str, Any] = {
             "backbone": {"weights": "none"},
             "unet": {"architecture": architecture_of(self.denoiser.unet)},
+            "latent": self.latent.restore_overrides(),
         }
-        if self.autoencoder is not None:
-            overrides["autoencoder"] = {"architecture": architecture_of(self.autoencoder)}
+        if self.denoiser.context.kind in CONSTANT_CONTEXTS:
+            overrides["context"] = {"read": False, "tokens": self.denoiser.context.length}
         return overrides
 
     def configure_gradient_clipping(
@@ -414,19 +329,18 @@ class DiAD(AnomalyModule):
                 torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
     def configure_optimizers(self) -> Any:
+        """AdamW over the denoiser's trained modules and the latent's own groups, each group with its
+        schedule: the denoiser's warm-up after the latent's fitting steps, or a cosine to 0 over them."""
+        fit_steps = self.latent.fit_steps
         params = [p for m in self.denoiser.trainable_modules().values() for p in m.parameters()]
-        groups = [{"params": params, "lr": self.lr}]
-        if self.ae_fit_steps > 0:
-            groups.append({"params": list(self.autoencoder.parameters()), "lr": self.ae_lr, "weight_decay": 0.0})
-        warmup = partial(linear_warmup, start=self.ae_fit_steps, warmup=self.warmup_steps)
-        factors = [warmup]
-        if self.ae_fit_steps > 0:
-            factors.append(partial(cosine_to_zero, steps=self.ae_fit_steps))
-        if self.feature_decoder is not None:
-            groups.append({"params": list(self.feature_decoder.parameters()), "lr": self.decoder_lr, "weight_decay": 0.0})
-            factors.append(warmup)
+        warmup = partial(linear_warmup, start=fit_steps, warmup=self.warmup_steps)
+        schedules = {"diffusion": warmup, "fit": partial(cosine_to_zero, steps=fit_steps)}
+        groups, factors = [{"params": params, "lr": self.lr}], [warmup]
+        for group, schedule in self.latent.optimizer_groups():
+            groups.append(group)
+            factors.append(schedules[schedule])
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
-        if self.warmup_steps <= 0 and self.ae_fit_steps <= 0:
+        if self.warmup_steps <= 0 and fit_steps <= 0:
             return optimizer
         return per_step(optimizer, factors)
 

@@ -20,6 +20,10 @@ from anomaly.nn.smoothing import gaussian_blur
 DISTANCES = ("cosine", "l2")
 
 
+class ScoringConfigError(ValueError):
+    """A ``model.scoring`` option that cannot be honoured (the message names it and the choices)."""
+
+
 def pooled_max(anomaly_map: Tensor, pool_size: int = 8, pool_iters: int = 8) -> Tensor:
     """Image scores B of B×1×H×W maps: max after repeated stride-1 average pooling."""
     pooled = anomaly_map
@@ -34,7 +38,8 @@ class FeatureDistance(nn.Module):
     """Map and score from features of an image and its reconstruction.
 
     Args:
-        backbone: frozen extractor returning ``{layer: B×C×h×w}`` (``FeatureExtractor``).
+        backbone: frozen extractor returning ``{layer: B×C×h×w}`` (``FeatureExtractor``; when it lists
+            its ``channels``, ``layers`` is checked against them here, not at the first test batch).
         layers: which of its layers to use (all of them when ``None``).
         sigma: Gaussian blur of the summed map, in pixels (0: none).
         pool_size, pool_iters: the image-score pooling (see module doc).
@@ -55,11 +60,18 @@ class FeatureDistance(nn.Module):
     ) -> None:
         super().__init__()
         if distance not in DISTANCES:
-            raise ValueError(f"model.scoring.distance={distance} is not valid; choose one of {list(DISTANCES)}.")
+            raise ScoringConfigError(f"model.scoring.distance={distance} is not valid; choose one of {list(DISTANCES)}.")
         self.distance = distance
         self.resize = resize
         self.backbone = backbone
         self.layers = list(layers) if layers is not None else None
+        known = getattr(backbone, "channels", None)
+        unknown = [layer for layer in self.layers or [] if known is not None and layer not in known]
+        if unknown:
+            raise ScoringConfigError(
+                f"model.scoring.layers has {unknown}, which model.backbone does not extract; choose from {list(known)} "
+                "(or add them to model.backbone.layers)."
+            )
         self.sigma, self.pool_size, self.pool_iters = sigma, pool_size, pool_iters
 
     @torch.no_grad()

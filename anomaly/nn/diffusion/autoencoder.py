@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,10 @@ def _from_lightning(path: Path, option: str) -> AutoencoderKL | None:
     """The autoencoder inside a checkpoint of this project, else ``None``: ``autoencoder.*`` of
     ``model=diad_autoencoder``, ``latent.autoencoder.*`` of ``model=diad`` with an autoencoder latent.
     Its architecture is the one stored in the checkpoint (or, for older ones, its preset and overrides)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        return None  # not one of ours (they hold plain data only): read_state_dict says what it is
     state = checkpoint.get("state_dict", {}) if isinstance(checkpoint, dict) else {}
     hparams = checkpoint.get("hyper_parameters") or {} if isinstance(checkpoint, dict) else {}
     run_model = (checkpoint.get("anomaly_config") or {}).get("model") or {} if isinstance(checkpoint, dict) else {}

@@ -50,7 +50,7 @@ def _load(source: str, download: bool):  # noqa: ANN202 - transformers types are
         from transformers import CLIPTextModel, CLIPTokenizer
     except ImportError as error:
         raise WeightsError(
-            "model.context.kind=clip_empty needs the transformers package (pip install transformers==5.24.0); "
+            "model.context.kind=clip_empty needs the transformers package (pip install -e '.[sd]'); "
             "or use model.context.kind=empty."
         ) from error
     path = Path(source).expanduser()

@@ -16,7 +16,8 @@ class ControlledDenoiser(nn.Module):
     The UNet's time embedding, input conv, encoder and middle block are frozen (the paper, whose
     UNet is SD-1.5's); the SG branch (with SFF), the UNet decoder + output head and a learned context
     are trainable (``trainable_modules``). ``train_encoder`` trains the whole UNet instead: for a
-    UNet trained from scratch, whose frozen encoder would stay random.
+    UNet trained from scratch, whose frozen encoder would stay random (DiAD's
+    ``model.unet.train_encoder=auto`` chooses it whenever the UNet has no pretrained weights).
 
     Args:
         unet: the denoiser; branch: the SG branch built from it; context: the conditioning.

@@ -1,12 +1,13 @@
-"""A diffusion latent made of frozen pretrained CNN features, and a small decoder to look at it.
+"""The blocks of DiAD's feature latent: frozen pretrained CNN features on a grid, a decoder to look at it.
 
 An alternative to DiAD's pixel-space autoencoder when none is pretrained (no SD-1.5 weights, a CPU
 budget): the latent of an image is the scoring backbone's own features (e.g. EfficientNet blocks
 1, 2, 4), each layer average-pooled or resized to one grid (image size / ``downsampling``),
-concatenated and standardised per channel with statistics of normal training images. Its
-encoder is pretrained for free, it is as sharp as the backbone, and the anomaly map compares
-features of the latent and of its denoised version directly — no decode-then-re-encode step.
-``FeatureDecoder`` maps latents back to pixels only so that a user can see the reconstruction.
+concatenated and standardised per channel with statistics of normal training images
+(``FeatureGrid``). Its encoder is pretrained for free, it is as sharp as the backbone, and the
+anomaly map compares features of the latent and of its denoised version directly — no
+decode-then-re-encode step. ``FeatureDecoder`` maps latents back to pixels only so that a user
+can see the reconstruction. DiAD uses them through ``latents.FeatureLatent``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def to_grid(feature: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(feature, size=size, mode="bilinear", align_corners=False)
 
 
-class FeatureLatent(nn.Module):
+class FeatureGrid(nn.Module):
     """Standardised multi-layer features of a frozen backbone on a grid of image size / ``downsampling``.
 
     Args:
@@ -68,13 +69,13 @@ class FeatureLatent(nn.Module):
         unknown = [layer for layer in self.layers if layer not in backbone.channels]
         if unknown:
             raise DiffusionConfigError(
-                f"model.features.layers has {unknown}, which model.backbone does not extract; "
+                f"model.latent.layers has {unknown}, which model.backbone does not extract; "
                 f"choose from {list(backbone.channels)}."
             )
         self.widths = [int(backbone.channels[layer]) for layer in self.layers]
         if int(downsampling) not in (2, 4, 8):
             raise DiffusionConfigError(
-                f"model.features.downsampling={downsampling} is not supported; use 2, 4 or 8 (the SG hint encoder's factors)."
+                f"model.latent.downsampling={downsampling} is not supported; use 2, 4 or 8 (the SG hint encoder's factors)."
             )
         self.downsampling, self.resize = int(downsampling), resize
         self.cache_size = int(cache)
@@ -132,7 +133,8 @@ class FeatureLatent(nn.Module):
         """The standardised latent of ImageNet-normalised images (``cached``: see ``raw``)."""
         if not self.fitted:
             raise DiffusionConfigError(
-                "model.latent=features has no feature statistics yet (the model was never trained); train it first."
+                "The feature latent (model.latent) has no feature statistics yet (the model was never trained); "
+                "train it first."
             )
         return (self.raw(image, cached) - self.mean[:, None, None]) / self.std[:, None, None]
 

@@ -1,8 +1,9 @@
 """DiAD's spatial-aware feature fusion (SFF) block.
 
-Inside the SG branch, after its zero convs: every output of the next-to-last resolution level
-(sources) is brought to the last level's size by a zero-initialised stride-2 3×3 conv (no bias)
-→ InstanceNorm (non-affine) → SiLU, and each output of the last level (targets) becomes
+Inside the SG branch: every output of the next-to-last resolution level (sources: by default
+their features before the zero convs, officially the zero-conv outputs; see ``control.py``) is
+brought to the last level's size by a zero-initialised stride-2 3×3 conv (no bias) →
+InstanceNorm (non-affine) → SiLU, and each output of the last level (targets) becomes
 ``SiLU(target_k + Σ_j D_jk(source_j))``. With SD-1.5 sizes: sources 640, 1280, 1280 channels at
 8×8, targets 1280 at 4×4, nine convs, 110.6 M parameters (as the official code, lewandofskee/DiAD
 ``sgn/sgn.py``, where the first source is the 640-channel downsampler output).
@@ -30,8 +31,10 @@ class SpatialFeatureFusion(nn.Module):
         source_channels: channels of the next-to-last level's outputs (official: 640, 1280, 1280).
         target_channels: channels of the last level's outputs (official: 1280, 1280, 1280).
 
-    At initialisation every conv is zero, so the block maps zero residuals to zero residuals and
-    leaves the denoiser unchanged.
+    At initialisation every conv is zero, so the block adds nothing to its targets and maps zero
+    residuals to zero residuals: the denoiser is unchanged. (InstanceNorm then amplifies the first
+    non-zero conv output to unit spread: the gradient reaches the convs whenever the sources are
+    non-zero.)
     """
 
     def __init__(self, source_channels: Sequence[int], target_channels: Sequence[int]) -> None:

@@ -5,15 +5,12 @@ Nothing is downloaded unless the caller passes ``download=True`` (the user's ``m
 
 from __future__ import annotations
 
-import logging
 import pickle
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
-
-log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -30,10 +27,11 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         return load_file(str(path))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # LDM/Lightning checkpoints may pickle callback objects; the user chose this file.
-        log.warning("%s holds pickled objects besides tensors; loading it with weights_only=False.", path)
-        state = torch.load(path, map_location="cpu", weights_only=False)
+    except pickle.UnpicklingError as error:
+        raise WeightsError(
+            f"{path} pickles Python objects besides tensors (e.g. a training callback), which are not run for "
+            "safety; use the .safetensors release of these weights or re-save only their state_dict."
+        ) from error
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
