@@ -8,15 +8,16 @@ category list and the image size, so ``python -m anomaly.synthesize ckpt_path=..
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
-from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from anomaly.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from anomaly.models.base import plain
 from anomaly.models.guards import check_finite_loss
 from anomaly.models.lr_schedules import check_schedule, over_run
 from anomaly.nn.ddpm import DDPMConfigError, build_scheduler, build_unet, diffusion_loss
@@ -34,10 +35,6 @@ def upgrade_state(state: dict[str, Any], global_step: int) -> dict[str, Any]:
     if old:
         state[f"{_EMA}n_averaged"] = torch.tensor(max(int(global_step), 1), dtype=torch.long)
     return state
-
-
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
 
 
 class DDPM(LightningModule):
@@ -68,10 +65,10 @@ class DDPM(LightningModule):
         super().__init__()
         check_schedule(lr_schedule, DDPMConfigError)
         self.save_hyperparameters()
-        self.hparams["categories"] = list(_plain(categories)) if categories is not None else None
-        self.hparams["image_size"] = _plain(image_size)
-        self.hparams["unet"] = dict(_plain(unet) or {"preset": "cpu"})
-        self.hparams["pixel_mean"], self.hparams["pixel_std"] = list(_plain(pixel_mean)), list(_plain(pixel_std))
+        self.hparams["categories"] = list(plain(categories)) if categories is not None else None
+        self.hparams["image_size"] = plain(image_size)
+        self.hparams["unet"] = dict(plain(unet) or {"preset": "cpu"})
+        self.hparams["pixel_mean"], self.hparams["pixel_std"] = list(plain(pixel_mean)), list(plain(pixel_std))
         self.scheduler = build_scheduler(num_train_timesteps, beta_schedule, learned_variance)
         self.unet = None
         self.ema: ModuleEMA | None = None
@@ -109,7 +106,7 @@ class DDPM(LightningModule):
             size = getattr(dm, "image_size", None)
             if size is None:
                 raise DDPMConfigError("The DDPM needs the training image size: set model.image_size.")
-            self.hparams["image_size"] = _plain(size)
+            self.hparams["image_size"] = plain(size)
         self._build()
 
     def configure_optimizers(self) -> Any:
@@ -187,7 +184,13 @@ class DDPM(LightningModule):
         if not path.is_file():
             raise DDPMConfigError(f"{option}={path} does not exist; pass the .ckpt written by "
                                   "`python -m anomaly.train model=ddpm`.")
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        try:
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+            raise DDPMConfigError(
+                f"{option}={path} is not a readable checkpoint ({type(error).__name__}: not a torch.save file, or one "
+                "holding objects other than tensors and plain data); pass one written by `python -m anomaly.train model=ddpm`."
+            ) from error
         hp = dict(ckpt.get("hyper_parameters") or {})
         state = ckpt.get("state_dict") or {}
         if not hp.get("categories") or "unet.class_embedding.weight" not in state:
