@@ -125,8 +125,9 @@ def test_runs_started_in_the_same_second_get_two_folders(synthetic_root: Path, t
     env = {**os.environ, "ANOMALY_ROOT": str(tmp_path), "PYTHONPATH": str(REPO)}
     jobs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             for _ in range(2)]
-    for job in jobs:
-        assert job.wait(timeout=600) == 0, job.stderr.read().decode()[-2000:]
+    for job in jobs:  # communicate() drains and closes both pipes (a full pipe would block the job)
+        _, err = job.communicate(timeout=600)
+        assert job.returncode == 0, err.decode()[-2000:]
     folders = sorted((tmp_path / "outputs" / "runs").glob("*/*"))
     assert len(folders) == 2, folders
     assert all((folder / ".hydra" / "config.yaml").is_file() for folder in folders)

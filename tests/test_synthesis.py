@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -12,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
+from anomaly.conf import CONF_DIR as CONF
 from anomaly.synthesis.bank import MANIFEST, Bank, BankError
 from anomaly.synthesis.base import SynthesisConfigError
 from anomaly.synthesis.cutpaste import CutPaste
@@ -20,9 +22,13 @@ from anomaly.synthesis.gallery import gallery_grid
 from anomaly.synthesis.perlin import PerlinSynthesis
 from anomaly.synthesis.perlin_noise import perlin_mask, perlin_noise
 from anomaly.synthesis.sdas import SDASSynthesis
-from anomaly.synthesis.textures import EmptyTextureFolderError, FolderTextures, OtherCategoryTextures
+from anomaly.synthesis.textures import (
+    EmptyTextureFolderError,
+    FolderTextures,
+    OtherCategoryTextures,
+    TextureFileError,
+)
 
-from anomaly.conf import CONF_DIR as CONF
 H = W = 48
 
 
@@ -202,6 +208,24 @@ def test_bank_resume_after_a_kill_has_no_duplicate_or_partial_entries(tmp_path: 
         Bank.create(root, ["a", "c"], (H, W))
     with pytest.raises(BankError, match=r"bank_dir=.*48x48.*64x64"):
         Bank.create(root, ["a"], (64, 64))
+
+
+def test_unreadable_texture_or_bank_image_names_the_file_and_the_option(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        write_images(tmp_path / "data" / c / "train" / "good", 1)
+    broken = tmp_path / "data" / "b" / "train" / "good" / "000.png"
+    broken.write_bytes(broken.read_bytes()[:40])  # truncated
+    with pytest.raises(TextureFileError, match=rf"^Texture file {re.escape(str(broken))} \(found by "
+                                               rf"synthesis\.texture\.root={re.escape(str(tmp_path / 'data'))} "
+                                               r"with pattern '\{category\}/train/good'\).*replace or delete"):
+        OtherCategoryTextures(tmp_path / "data")((H, W), rng, "a")
+    make_bank(tmp_path / "bank", ["a"], n=1)
+    (tmp_path / "bank" / "a" / "000000.png").write_bytes(b"")
+    with pytest.raises(TextureFileError, match=rf"^Bank image file {re.escape(str(tmp_path / 'bank' / 'a'))}/000000\.png "
+                                               rf"\(found by synthesis\.bank={re.escape(str(tmp_path / 'bank'))}\)"
+                                               r".*python -m anomaly\.synthesize"):
+        SDASSynthesis(tmp_path / "bank", normal_probability=0)(noise_image(), rng, "a")
 
 
 def compose_synthesis(option: str, overrides: list[str]) -> object:

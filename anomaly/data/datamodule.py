@@ -14,7 +14,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from anomaly.data.dataset import AnomalyDataset, Synthesis, check_records
 from anomaly.data.errors import DataError
 from anomaly.data.record import Layout, Record
-from anomaly.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from anomaly.data.transforms import IMAGENET_MEAN, IMAGENET_STD, geometry
 from anomaly.data.validation import ValMode, check_val, held_out, listing
 
 Setting = Literal["separate", "unified"]
@@ -70,6 +70,7 @@ class AnomalyDataModule(L.LightningDataModule):
             raise DataError("data.val=synthetic needs data.val_synthesis (e.g. synthesis@data.val_synthesis=perlin).")
         if setting not in ("separate", "unified"):
             raise DataError(f"data.setting={setting} is not valid; use separate or unified.")
+        geometry(image_size, crop_size)  # a bad size or a crop larger than the image stops here, before any data
         self.root = Path(root).expanduser()
         self.layout = layout
         self.category = category

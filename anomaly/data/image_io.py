@@ -24,8 +24,8 @@ def _decode(path: str | Path, kind: str) -> np.ndarray:
     if _truncated(data):
         # Some decoders fill the missing rows with grey instead of failing: refuse before decoding.
         raise DataError(
-            f"{kind} file {path} is truncated (an interrupted copy or download?); "
-            "copy it again, or replace or remove the file."
+            f"{kind} file {path} is not a readable image: it is truncated (an interrupted copy or "
+            "download?); copy it again, or replace or remove the file."
         )
     try:
         array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
