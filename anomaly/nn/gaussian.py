@@ -2,20 +2,38 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
+from anomaly.data.errors import DataError
 
-class DegenerateStatisticsError(RuntimeError):
-    """Too few samples, or a covariance that is not positive definite."""
+# Float64 temporaries of one chunk of positions hold at most this many elements per tensor (128 MB).
+CHUNK_ELEMENTS = 1 << 24
+
+
+class DegenerateStatisticsError(DataError):
+    """Too few samples, a covariance that is not positive definite, or statistics never fitted."""
+
+
+def float32_or_wider(dtype: torch.dtype) -> torch.dtype:
+    """``dtype`` if it is float32 or float64, else float32 (the statistics never run in half precision)."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 class PositionalGaussian(nn.Module):
     """Mean and inverse covariance of a d-dim embedding at each of P positions.
 
-    Training accumulates Σx and Σxxᵀ per position in float64 (memory is P·d² whatever the number of
-    images); ``finalize`` turns them into μ and (Σ + ε·I)⁻¹ via Cholesky. Only μ and Σ⁻¹ are saved
-    in checkpoints. Under DDP, ``finalize(reduce=...)`` sums the accumulators across processes.
+    Training accumulates, per position, Σ(x−s) in float64 and Σ(x−s)(x−s)ᵀ in float32, where the
+    shift s is the first batch's per-position mean: the sums are then centred (no cancellation in
+    Σxxᵀ/N − μμᵀ) and each batch's outer products are formed in float64, chunk by chunk of
+    positions, before being added. Memory is one P·d² float32 block whatever the number of images;
+    ``finalize`` turns it, chunk by chunk and in place, into Σ⁻¹ = (Σ + ε·I)⁻¹ via a float64
+    Cholesky, so Σ⁻¹ takes no memory of its own. Σ⁻¹ is allocated only when fitted or loaded.
+    Statistics and distances run in float32 or wider, with autocast off, whatever the caller's
+    precision. Only μ, Σ⁻¹ and the fitted flag are saved in checkpoints. Under DDP,
+    ``finalize(reduce=...)`` sums the accumulators across processes.
 
     Args:
         positions: number of grid positions P.
@@ -32,97 +50,163 @@ class PositionalGaussian(nn.Module):
     def __init__(self, positions: int, dim: int, epsilon: float = 0.01) -> None:
         super().__init__()
         self.epsilon = epsilon
-        self.register_buffer("mean", torch.zeros(positions, dim))
-        self.register_buffer("precision", torch.zeros(positions, dim, dim))
-        self.register_buffer("fitted", torch.tensor(False))
         self.positions, self.dim = positions, dim
-        # Accumulators exist only while fitting (allocated by the first batch, freed by finalize).
+        self.register_buffer("mean", torch.zeros(positions, dim))
+        # P×d×d once fitted or loaded (3.8 GB for WR50-Rd550 at 224²): nothing is allocated up front.
+        self.register_buffer("precision", torch.empty(0))
+        self.register_buffer("fitted", torch.tensor(False))
+        # Accumulators exist only while fitting (allocated by the first batch, consumed by finalize).
         self.register_buffer("count", torch.zeros((), dtype=torch.float64), persistent=False)
         for name in ("shift", "sum", "sum_outer"):
             self.register_buffer(name, torch.empty(0, dtype=torch.float64), persistent=False)
 
+    @property
+    def storage_dtype(self) -> torch.dtype:
+        """Dtype of Σ⁻¹ and of the outer-product sums: the mean's, but at least float32."""
+        return float32_or_wider(self.mean.dtype)
+
+    def chunk_size(self, chunk: int | None = None) -> int:
+        """Positions per chunk of float64 temporaries (``chunk`` caps it)."""
+        size = max(1, CHUNK_ELEMENTS // (self.dim * self.dim))
+        return max(1, min(size, chunk)) if chunk else size
+
     def reset(self) -> None:
-        """Forget accumulated sums (start of a fit)."""
+        """Forget accumulated sums and any fitted Σ⁻¹ (start of a fit: frees its memory first)."""
+        device = self.count.device
         self.count.zero_()
         for name in ("shift", "sum", "sum_outer"):
-            setattr(self, name, torch.empty(0, dtype=torch.float64, device=self.count.device))
+            setattr(self, name, torch.empty(0, dtype=torch.float64, device=device))
+        self.precision = torch.empty(0, dtype=self.storage_dtype, device=device)
+        self.fitted.fill_(False)
+
+    def _release(self) -> None:
+        device = self.count.device
+        self.count.zero_()
+        for name in ("shift", "sum", "sum_outer"):
+            setattr(self, name, torch.empty(0, dtype=torch.float64, device=device))
+
+    def _allocate(self, shift: Tensor) -> None:
+        p, d, device = self.positions, self.dim, shift.device
+        self.shift = shift
+        self.sum = torch.zeros(p, d, dtype=torch.float64, device=device)
+        self.sum_outer = torch.zeros(p, d, d, dtype=self.storage_dtype, device=device)
 
     @torch.no_grad()
-    def accumulate(self, embedding: Tensor) -> None:
-        """Add a batch of embeddings, shape N×P×d."""
-        x = embedding.to(torch.float64)
-        if self.sum_outer.numel() == 0:
-            p, d, device = self.positions, self.dim, x.device
-            # Sums of (x - shift) with shift ≈ the mean avoid cancellation in Σxxᵀ/N − μμᵀ.
-            self.shift = x.mean(0)
-            self.sum = torch.zeros(p, d, dtype=torch.float64, device=device)
-            self.sum_outer = torch.zeros(p, d, d, dtype=torch.float64, device=device)
-        x = x - self.shift
-        self.count += x.shape[0]
-        self.sum += x.sum(0)
-        xp = x.transpose(0, 1)  # P×N×d
-        self.sum_outer.baddbmm_(xp.transpose(1, 2), xp)
+    def accumulate(self, embedding: Tensor, chunk: int | None = None) -> None:
+        """Add a batch of embeddings, shape N×P×d (any float dtype; summed in float64/float32)."""
+        with torch.autocast(embedding.device.type, enabled=False):
+            x = embedding.to(torch.float64)
+            if self.sum_outer.numel() == 0:
+                # Sums of (x - shift) with shift ≈ the mean avoid cancellation in Σxxᵀ/N − μμᵀ.
+                self._allocate(x.mean(0))
+            x = x - self.shift
+            self.count += x.shape[0]
+            self.sum += x.sum(0)
+            step = self.chunk_size(chunk)
+            for start in range(0, self.positions, step):
+                xp = x[:, start : start + step].transpose(0, 1).contiguous()  # p×N×d
+                self.sum_outer[start : start + step] += torch.bmm(xp.transpose(1, 2), xp).to(self.sum_outer.dtype)
 
     @torch.no_grad()
-    def finalize(self, reduce: bool = False, chunk: int = 512) -> None:
+    def finalize(self, reduce: bool = False, chunk: int | None = None) -> None:
         """Compute μ and Σ⁻¹ from the sums; ``reduce`` combines them over DDP processes first.
 
         Processes are combined with the pairwise (Chan et al.) update, so each may keep its own shift.
-        The sums are consumed (turned into the scatter matrix in place) and freed afterwards.
+        The outer-product sums are turned into Σ⁻¹ in place, chunk by chunk of positions (``chunk``
+        caps the chunk), in float64, and become the ``precision`` buffer.
         """
+        with torch.autocast(self.count.device.type, enabled=False):
+            self._finalize(reduce, chunk)
+
+    def _finalize(self, reduce: bool, chunk: int | None) -> None:
+        device = self.count.device
         n_local = float(self.count)
         if self.sum_outer.numel() == 0:  # this process saw no data
-            self.shift = torch.zeros(self.positions, self.dim, dtype=torch.float64, device=self.count.device)
-            self.sum = torch.zeros_like(self.shift)
-            self.sum_outer = torch.zeros(self.positions, self.dim, self.dim, dtype=torch.float64,
-                                         device=self.count.device)
-        centred = self.sum / max(n_local, 1.0)
+            self._allocate(torch.zeros(self.positions, self.dim, dtype=torch.float64, device=device))
+        centred = self.sum / max(n_local, 1.0)  # mean of (x − shift)
         mean = centred + self.shift if n_local > 0 else torch.zeros_like(self.shift)
-        scatter = self.sum_outer.baddbmm_(centred.unsqueeze(2), centred.unsqueeze(1), alpha=-n_local)
-        n = torch.tensor(n_local, dtype=torch.float64, device=mean.device)
-        if reduce and torch.distributed.is_available() and torch.distributed.is_initialized():
+        n = torch.tensor(n_local, dtype=torch.float64, device=device)
+        distributed = reduce and torch.distributed.is_available() and torch.distributed.is_initialized()
+        delta = None
+        if distributed:
             weighted = mean * n
             torch.distributed.all_reduce(n)
             torch.distributed.all_reduce(weighted)
             total_mean = weighted / n.clamp_min(1)
             delta = mean - total_mean
-            scatter.baddbmm_(delta.unsqueeze(2), delta.unsqueeze(1), alpha=n_local)
-            torch.distributed.all_reduce(scatter)
             mean = total_mean
         if float(n) < 2:
+            self._release()
             raise DegenerateStatisticsError(
                 f"PaDiM needs at least 2 training images to estimate a covariance, got {int(n)}; "
                 "add normal training images."
             )
-        self.mean.copy_(mean.to(self.mean.dtype))
-        eye = self.epsilon * torch.eye(scatter.shape[-1], dtype=scatter.dtype, device=scatter.device)
+        step = self.chunk_size(chunk)
+        storage = self.sum_outer
+
+        def scatter(start: int) -> Tensor:
+            """Float64 scatter about this process's mean (or, under DDP, about the global mean)."""
+            block = storage[start : start + step].to(torch.float64)
+            c = centred[start : start + step]
+            block.baddbmm_(c.unsqueeze(2), c.unsqueeze(1), alpha=-n_local)
+            if delta is not None:
+                d = delta[start : start + step]
+                block.baddbmm_(d.unsqueeze(2), d.unsqueeze(1), alpha=n_local)
+            return block
+
+        if distributed:
+            for start in range(0, self.positions, step):
+                storage[start : start + step] = scatter(start).to(storage.dtype)
+            torch.distributed.all_reduce(storage)
+        eye = self.epsilon * torch.eye(self.dim, dtype=torch.float64, device=device)
         # Batched LAPACK on many small matrices is far faster single-threaded (no OpenMP overhead per
         # matrix); chunks bound the float64 temporaries.
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            for start in range(0, scatter.shape[0], chunk):
-                cov = scatter[start : start + chunk] / (float(n) - 1) + eye
+            for start in range(0, self.positions, step):
+                block = storage[start : start + step].to(torch.float64) if distributed else scatter(start)
+                cov = block.div_(float(n) - 1).add_(eye)
                 chol, info = torch.linalg.cholesky_ex(cov)
                 if bool((info != 0).any()):
+                    self._release()
                     raise DegenerateStatisticsError(
-                        "A PaDiM covariance is not positive definite; raise model.epsilon or check the features."
+                        "A PaDiM covariance is not positive definite (non-finite features or "
+                        f"model.epsilon={self.epsilon} too small); raise model.epsilon or check the features."
                     )
-                self.precision[start : start + chunk] = torch.cholesky_inverse(chol).to(self.precision.dtype)
+                storage[start : start + step] = torch.cholesky_inverse(chol).to(storage.dtype)
+                del block, cov, chol
         finally:
             torch.set_num_threads(threads)
+        self.mean.copy_(mean.to(self.mean.dtype))
+        self.precision = storage
+        self.sum_outer = torch.empty(0, dtype=torch.float64, device=device)
         self.fitted.fill_(True)
-        self.reset()
+        self._release()
 
     def mahalanobis(self, embedding: Tensor, chunk: int = 1024) -> Tensor:
-        """Distances √((x−μ)ᵀ Σ⁻¹ (x−μ)) of N×P×d embeddings → N×P, in chunks of positions."""
-        if not bool(self.fitted):
+        """Distances √((x−μ)ᵀ Σ⁻¹ (x−μ)) of N×P×d embeddings → N×P (float32 or wider), in chunks of positions."""
+        if not bool(self.fitted) or self.precision.numel() == 0:
             raise DegenerateStatisticsError("The Gaussian statistics are not fitted; train the model first.")
-        out = embedding.new_empty(embedding.shape[:2])
-        for start in range(0, embedding.shape[1], chunk):
-            stop = start + chunk
-            # Contiguous p×N×d: bmm on a strided batch takes a slow path (100× slower with 2 threads).
-            delta = (embedding[:, start:stop].transpose(0, 1) - self.mean[start:stop, None]).contiguous()
-            projected = torch.bmm(delta, self.precision[start:stop])
-            out[:, start:stop] = (projected * delta).sum(-1).clamp_min(0).sqrt().transpose(0, 1)
+        dtype = float32_or_wider(self.precision.dtype)
+        with torch.autocast(embedding.device.type, enabled=False):
+            embedding = embedding.to(dtype)
+            mean, precision = self.mean.to(dtype), self.precision.to(dtype)
+            out = embedding.new_empty(embedding.shape[:2])
+            for start in range(0, embedding.shape[1], chunk):
+                stop = start + chunk
+                # Contiguous p×N×d: bmm on a strided batch takes a slow path (100× slower with 2 threads).
+                delta = (embedding[:, start:stop].transpose(0, 1) - mean[start:stop, None]).contiguous()
+                projected = torch.bmm(delta, precision[start:stop])
+                out[:, start:stop] = (projected * delta).sum(-1).clamp_min(0).sqrt().transpose(0, 1)
         return out
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Allocate Σ⁻¹ (P×d×d) when a state dict brings one; a checkpoint of other shapes still fails."""
+        incoming = state_dict.get(prefix + "precision")
+        if incoming is not None and incoming.numel() == 0:  # an unfitted model's state
+            self.precision = torch.empty(0, dtype=self.storage_dtype, device=self.mean.device)
+        elif incoming is not None and self.precision.numel() == 0:
+            self.precision = torch.empty(self.positions, self.dim, self.dim, dtype=self.storage_dtype,
+                                         device=self.mean.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
