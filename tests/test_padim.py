@@ -112,3 +112,110 @@ def test_pruned_channels_last_backbone_gives_the_same_features_as_timm() -> None
     with torch.no_grad():
         for ours, theirs in zip(fx(image).values(), reference(image), strict=True):
             torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+class SmoothBackbone(torch.nn.Module):
+    """Features from pooling and sines only: the same numbers with or without autocast."""
+
+    layers = ["a", "b"]
+    channels = {"a": 6, "b": 6}
+    strides = {"a": 4, "b": 8}
+    name = "smooth"
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        for layer in self.layers:
+            base = torch.nn.functional.avg_pool2d(image, self.strides[layer])
+            out[layer] = torch.cat([torch.sin(base * 3 + 1), torch.cos(base * 2)], 1)
+        return out
+
+
+def smooth_images(seed: int, n: int, size: int = 32) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.interpolate(torch.rand(n, 3, 8, 8, generator=generator), size=(size, size),
+                                           mode="bilinear", align_corners=False)
+
+
+def fitted_padim(train: torch.Tensor, size: int = 32) -> Padim:
+    model = Padim(SmoothBackbone(), input_size=size, n_features=8, sigma=1.0)
+    model.on_train_epoch_start()
+    model.training_step({"image": train}, 0)
+    model.model.gaussian.finalize()
+    return model
+
+
+def test_map_under_bfloat16_autocast_equals_the_float32_map() -> None:
+    train, test = smooth_images(0, 20), smooth_images(1, 2)
+    reference_map, reference_score = fitted_padim(train)(test)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model = fitted_padim(train)
+        anomaly_map, score = model(test)
+    assert anomaly_map.dtype == torch.float32
+    torch.testing.assert_close(anomaly_map, reference_map, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(score, reference_score, rtol=1e-6, atol=1e-6)
+
+
+def test_images_of_another_size_are_refused_naming_both_sizes() -> None:
+    from anomaly.nn.padim import InputSizeError
+    from anomaly.utils.errors import user_message
+
+    model = fitted_padim(smooth_images(0, 10))
+    with pytest.raises(InputSizeError, match=r"built for 32×32 images.*got 48×40") as error:
+        model(smooth_images(1, 1, 48)[..., :40])
+    assert user_message(error.value) == str(error.value)
+    with pytest.raises(InputSizeError):  # nor trained on
+        model.training_step({"image": smooth_images(1, 2, 64)}, 0)
+
+
+def test_under_synthesis_the_gaussians_see_only_the_normal_source_images() -> None:
+    normal = smooth_images(0, 12)
+    synthesized = normal.clone()
+    synthesized[:, :, 8:20, 8:20] = 1.0  # what a synthesis strategy pastes into ``image``
+    plain = fitted_padim(normal)
+    model = Padim(SmoothBackbone(), input_size=32, n_features=8, sigma=1.0)
+    model.on_train_epoch_start()
+    model.training_step({"image": synthesized, "source": normal, "label": torch.ones(12)}, 0)
+    model.model.gaussian.finalize()
+    torch.testing.assert_close(model.model.gaussian.mean, plain.model.gaussian.mean)
+    torch.testing.assert_close(model.model.gaussian.precision, plain.model.gaussian.precision)
+
+
+def test_user_errors_of_padim_are_one_sentence() -> None:
+    from anomaly.config.check import ConfigError
+    from anomaly.models.base import UnfittedModelError
+    from anomaly.nn.gaussian import DegenerateStatisticsError
+    from anomaly.utils.errors import user_message
+
+    with pytest.raises(ConfigError, match=r"model\.n_features=13 must be in 1\.\.12") as too_many:
+        Padim(SmoothBackbone(), input_size=32, n_features=13)
+    with pytest.raises(UnfittedModelError, match="no fitted statistics") as unfitted:
+        Padim(SmoothBackbone(), input_size=32, n_features=8)(smooth_images(0, 1))
+    model = Padim(SmoothBackbone(), input_size=32, n_features=8)
+    model.on_train_epoch_start()
+    model.training_step({"image": smooth_images(0, 1)}, 0)
+    with pytest.raises(DegenerateStatisticsError, match="at least 2 training images") as one_image:
+        model.model.gaussian.finalize()
+    model = Padim(SmoothBackbone(), input_size=32, n_features=8, epsilon=-10.0)
+    model.training_step({"image": smooth_images(0, 4)}, 0)
+    with pytest.raises(DegenerateStatisticsError, match="not positive definite") as not_pd:
+        model.model.gaussian.finalize()
+    for error in (too_many, unfitted, one_image, not_pd):
+        message = user_message(error.value)
+        assert message == str(error.value) and "\n" not in message
+
+
+def test_a_backbone_module_is_saved_as_plain_data_once_and_rebuilds_the_model(
+        recwarn: pytest.WarningsRecorder) -> None:
+    train, test = smooth_images(0, 8, 64), smooth_images(1, 1, 64)
+    model = Padim(FeatureExtractor("efficientnet_lite0", LAYERS, "none"), input_size=64, n_features=20)
+    assert not [w for w in recwarn if "backbone" in str(w.message)]  # no "saved twice" warning
+    assert model.hparams["backbone"] == {"_target_": "anomaly.nn.backbone.FeatureExtractor",
+                                         "name": "efficientnet_lite0", "layers": LAYERS, "weights": "none",
+                                         "channels_last": True}
+    with torch.no_grad():
+        model.on_train_epoch_start()
+        model.training_step({"image": train}, 0)
+        model.model.gaussian.finalize()
+        rebuilt = Padim(**model.hparams)
+        rebuilt.load_state_dict(model.state_dict())  # Σ⁻¹ is allocated on load
+        torch.testing.assert_close(rebuilt(test)[0], model(test)[0])

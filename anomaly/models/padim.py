@@ -6,11 +6,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from anomaly.models.base import AnomalyModule, build_block
+from anomaly.models.base import AnomalyModule, UnfittedModelError, build_block
 from anomaly.nn.backbone import FeatureExtractor
 from anomaly.nn.padim import PadimModel
+
+
+def backbone_spec(backbone: FeatureExtractor) -> dict[str, Any]:
+    """The config node that rebuilds ``backbone`` (saved as the hyperparameter instead of the module)."""
+    return {"_target_": f"{FeatureExtractor.__module__}.{FeatureExtractor.__qualname__}", "name": backbone.name,
+            "layers": list(backbone.layers), "weights": backbone.weights, "channels_last": backbone.channels_last}
 
 
 class Padim(AnomalyModule):
@@ -39,12 +45,23 @@ class Padim(AnomalyModule):
         chunk: int = 1024,
         **kwargs: Any,
     ) -> None:
+        block = backbone if isinstance(backbone, nn.Module) else None
+        if isinstance(backbone, FeatureExtractor):
+            # The base class saves the constructor's arguments as they are now: plain data that rebuilds
+            # the extractor, not the module (whose weights the state dict already holds).
+            backbone = backbone_spec(backbone)
         super().__init__(**kwargs)
         size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-        self.model = PadimModel(build_block(backbone), size, n_features, epsilon, sigma, seed, chunk)
+        block = block if block is not None else build_block(backbone)
+        self.model = PadimModel(block, size, n_features, epsilon, sigma, seed, chunk)
         self.automatic_optimization = False
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        if not bool(self.model.gaussian.fitted):
+            raise UnfittedModelError(
+                "PaDiM has no fitted statistics: train it first (one epoch over normal images) or test a "
+                "trained checkpoint (ckpt_path=...)."
+            )
         return self.model(image)
 
     def on_train_epoch_start(self) -> None:

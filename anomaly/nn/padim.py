@@ -6,9 +6,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from anomaly.config.check import ConfigError
+from anomaly.data.errors import DataError
 from anomaly.nn.backbone import FeatureExtractor
-from anomaly.nn.gaussian import PositionalGaussian
+from anomaly.nn.gaussian import PositionalGaussian, float32_or_wider
 from anomaly.nn.smoothing import gaussian_blur
+
+
+class InputSizeError(DataError):
+    """Images of another size than the one the model's grid was fitted for."""
 
 
 class PadimModel(nn.Module):
@@ -17,8 +23,12 @@ class PadimModel(nn.Module):
     Args:
         backbone: frozen feature extractor; its layers are concatenated at the first layer's grid.
         n_features: size of the random channel subset (PaDiM's "Rd"); ``None`` keeps all channels.
-        input_size: (height, width) of the images the model will see (fixes the grid size).
+        input_size: (height, width) of the images the model will see (fixes the grid size); images
+            of another size are refused, never resampled.
         epsilon: covariance ridge. ``sigma``: blur of the upsampled map. ``seed``: channel subset seed.
+
+    Only the backbone follows the caller's precision (autocast); statistics, distances, upsampling
+    and blur run in float32 or wider with autocast off.
     """
 
     def __init__(
@@ -39,8 +49,9 @@ class PadimModel(nn.Module):
         if n_features is None:
             n_features = total
         if not 0 < n_features <= total:
-            raise ValueError(
-                f"model.n_features={n_features} must be in 1..{total} (the backbone layers' channel total)."
+            raise ConfigError(
+                f"model.n_features={n_features} must be in 1..{total} (the channel total of "
+                f"{getattr(backbone, 'name', type(backbone).__name__)}'s layers {list(backbone.layers)})."
             )
         generator = torch.Generator().manual_seed(seed)
         chosen = torch.randperm(total, generator=generator)[:n_features].sort().values
@@ -52,11 +63,18 @@ class PadimModel(nn.Module):
         for layer, index in zip(backbone.layers, self.layer_indices, strict=True):
             self.register_buffer(f"index_{layer.replace('.', '_')}", index, persistent=False)
         stride = backbone.strides[backbone.layers[0]]
+        self.input_size = (int(input_size[0]), int(input_size[1]))
         self.grid = (input_size[0] // stride, input_size[1] // stride)
         self.gaussian = PositionalGaussian(self.grid[0] * self.grid[1], n_features, epsilon)
 
     def embed(self, image: Tensor) -> Tensor:
         """B×3×H×W → B×P×d embeddings (P grid positions of the first layer)."""
+        size = tuple(image.shape[-2:])
+        if size != self.input_size:
+            raise InputSizeError(
+                f"PaDiM was built for {self.input_size[0]}×{self.input_size[1]} images (model.input_size) "
+                f"but got {size[0]}×{size[1]}; give images of the fitted size (data.image_size/data.crop_size)."
+            )
         features = self.backbone(image)
         parts = []
         for layer in self.backbone.layers:
@@ -70,8 +88,10 @@ class PadimModel(nn.Module):
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
         """Anomaly map at input size and image score (map maximum)."""
-        distance = self.gaussian.mahalanobis(self.embed(image), self.chunk)
-        grid_map = distance.view(image.shape[0], 1, *self.grid)
-        anomaly_map = F.interpolate(grid_map, size=image.shape[-2:], mode="bilinear", align_corners=False)
-        anomaly_map = gaussian_blur(anomaly_map, self.sigma)
+        embedding = self.embed(image)
+        with torch.autocast(image.device.type, enabled=False):
+            distance = self.gaussian.mahalanobis(embedding, self.chunk)
+            grid_map = distance.view(image.shape[0], 1, *self.grid).to(float32_or_wider(distance.dtype))
+            anomaly_map = F.interpolate(grid_map, size=image.shape[-2:], mode="bilinear", align_corners=False)
+            anomaly_map = gaussian_blur(anomaly_map, self.sigma)
         return anomaly_map, anomaly_map.flatten(1).amax(1)
