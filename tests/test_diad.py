@@ -290,15 +290,24 @@ def test_with_a_synthesis_source_the_denoiser_learns_to_repair(monkeypatch: pyte
 
 
 def test_the_autoencoder_reference_cancels_the_autoencoders_own_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With a denoiser that returns its input latent, only the autoencoder's error is left to score."""
+    """Compared with the autoencoder's own reconstruction, the map shows only what the denoiser changed;
+    compared with the input it also shows the (untrained) autoencoder's error."""
     images = Images().images[:2]
-    maps = {}
+
+    def changed(image: torch.Tensor, z0: torch.Tensor, categories: Any = None) -> torch.Tensor:
+        z = z0.clone()
+        z[:, :, 2:4, 2:4] += 3.0
+        return z
+
+    maps: dict[tuple[str, str], torch.Tensor] = {}
     for reference in ("input", "autoencoder"):
         model = ready(tiny(latent=ae(reference=reference))).eval()
-        monkeypatch.setattr(model, "denoise", lambda image, z0, categories=None: z0)
-        maps[reference] = model(images)[0]
-    assert float(maps["autoencoder"].abs().max()) < 1e-5  # an untrained autoencoder's blur cancels...
-    assert float(maps["input"].mean()) > 1e-3  # ...which the paper's reference scores everywhere
+        for name, denoise in (("kept", lambda image, z0, categories=None: z0), ("changed", changed)):
+            monkeypatch.setattr(model, "denoise", denoise)
+            maps[reference, name] = model(images)[0]
+    assert float(maps["autoencoder", "kept"].abs().max()) < 1e-5  # the autoencoder's error cancels...
+    assert float(maps["input", "kept"].mean()) > 1e-3  # ...which the paper's reference scores everywhere
+    assert float(maps["autoencoder", "changed"].mean()) > 1e-3  # what the denoiser changes is scored
     with pytest.raises(DiffusionConfigError, match="model.latent.reference=pixels.*'input', 'autoencoder'"):
         tiny(latent=ae(reference="pixels"))
 
