@@ -1,0 +1,24 @@
+"""Normalizing-flow blocks in plain torch: soft-clamped affine couplings, HINT-style dense
+(recursive) couplings, fixed permutations and the stack of blocks. No Lightning here."""
+
+from anomaly.nn.flows.coupling import (
+    AffineCoupling,
+    ClampError,
+    DenseCoupling,
+    Flow,
+    FlowInputError,
+    Permutation,
+    Subnet,
+    soft_clamp,
+)
+
+__all__ = [
+    "AffineCoupling",
+    "ClampError",
+    "DenseCoupling",
+    "Flow",
+    "FlowInputError",
+    "Permutation",
+    "Subnet",
+    "soft_clamp",
+]
