@@ -91,6 +91,7 @@ class AnomalyModule(L.LightningModule):
         self.metrics_mode = str(spec.get("mode", "exact"))
         self.metrics_bins = int(spec.get("bins") or DEFAULT_BINS)
         self.calibration = MapCalibration("model.calibrate") if calibrate else None
+        self._calibrated_at: int | None = None  # the training step whose weights the calibration fits
         self.evaluators: dict[str, AnomalyMetrics] = {}
         self.results: dict[str, dict[str, dict[str, float | None]]] = {}
         self.categories: list[str] = []
@@ -184,7 +185,11 @@ class AnomalyModule(L.LightningModule):
 
     # -- calibration on normal training images ----------------------------------------------------
     def _fit_calibration(self) -> None:
-        if self.calibration is None or self.calibration.covers(self.categories):
+        """Fit the calibration unless it already fits these categories at this training step (a
+        validation during training refits it: the weights changed since the last one)."""
+        if self.calibration is None or (
+            self.calibration.covers(self.categories) and self._calibrated_at == self._step()
+        ):
             return
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "normal_train_dataloader"):
@@ -214,6 +219,10 @@ class AnomalyModule(L.LightningModule):
         finally:
             self.train(training)
         self.calibration.finish()
+        self._calibrated_at = self._step()
+
+    def _step(self) -> int:
+        return int(self.trainer.global_step) if self._trainer is not None else -1
 
     def on_train_start(self) -> None:
         if self.calibration is not None:
