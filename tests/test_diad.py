@@ -190,6 +190,11 @@ def test_bad_sizes_options_and_missing_weights_fail_with_one_clear_sentence(tmp_
         tiny(latent={"_target_": "pixels"})
     with pytest.raises(DiffusionConfigError, match=r"model.latent has \['reference'\], which FeatureLatent does not"):
         tiny(latent=features(reference="autoencoder"))
+    # Validating inside the autoencoder's fitting phase (no denoiser yet) is refused, naming both options.
+    fitting = tiny(latent=ae(fit_steps=4))
+    with pytest.raises(DiffusionConfigError, match=r"step 2 falls in .*fit_steps=4.*trainer.val_check_interval to at least 4"):
+        fitting._check_not_fitting(2)
+    fitting._check_not_fitting(4)
     # A typo in the scoring layers stops at construction, not at the first test batch after training.
     with pytest.raises(ScoringConfigError, match=r"model.scoring.layers has \['blocks.9'\].*choose from"):
         tiny(scoring={"layers": ["blocks.9"]})

@@ -240,6 +240,19 @@ class DiAD(AnomalyModule):
         if self.compile_models:
             self.denoiser.unet.compile()
             self.denoiser.branch.controlnet.compile()
+        interval = self.trainer.val_check_interval if self._trainer is not None else None
+        if stage == "fit" and self.trainer.check_val_every_n_epoch is None and isinstance(interval, int):
+            if getattr(self.trainer.datamodule, "val", "none") != "none":
+                self._check_not_fitting(interval)
+
+    def _check_not_fitting(self, step: int) -> None:
+        """A validation at ``step`` must come after the latent's fitting phase (there is no denoiser yet)."""
+        if self.latent.fitting(step):
+            raise DiffusionConfigError(
+                f"Validation at step {step} falls in the latent's fitting phase (model.latent.fit_steps="
+                f"{self.latent.fit_steps}): there is no denoiser to validate yet; set trainer.val_check_interval to "
+                f"at least {self.latent.fit_steps} (with trainer.check_val_every_n_epoch=null), or data.val=none."
+            )
 
     def _broadcast(self, value: Tensor) -> Tensor:
         """Rank 0's ``value`` on every rank (itself outside DDP)."""
@@ -351,6 +364,7 @@ class DiAD(AnomalyModule):
             self._ema_swapped = on
 
     def on_validation_epoch_start(self) -> None:
+        self._check_not_fitting(self.global_step)
         self._use_ema(True)
         super().on_validation_epoch_start()
 
