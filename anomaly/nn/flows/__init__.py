@@ -11,8 +11,10 @@ from anomaly.nn.flows.coupling import (
     Subnet,
     soft_clamp,
 )
+from anomaly.nn.flows.detector import FlowDensityModel
 
 __all__ = [
+    "FlowDensityModel",
     "AffineCoupling",
     "ClampError",
     "DenseCoupling",

@@ -1,0 +1,107 @@
+"""A DifferNet-style density model: pooled multi-scale CNN features → normalizing flow → −log p."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import kornia
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from anomaly.nn.flows.coupling import Flow, FlowInputError
+from anomaly.nn.smoothing import gaussian_blur
+
+
+class FlowDensityModel(nn.Module):
+    """Features of a frozen backbone at several image scales (each layer global-average-pooled,
+    everything concatenated) modelled by a normalizing flow; ``forward(image) -> (map, score)``.
+
+    Args:
+        backbone: a frozen ``FeatureExtractor`` (``forward(image) -> {layer: B×C×h×w}``, ``channels``).
+        flow: a ``Flow`` over ``len(scales) × Σ channels`` features.
+        scales: side lengths the image is resized to before the backbone (DifferNet: 448, 224, 112).
+        n_views: test views averaged into the score (view 0 is the image itself).
+        view_rotation, view_brightness: the views' rotation range (degrees, ±) and brightness factor
+            range (1 ± b); drawn once from ``view_seed`` so scores are deterministic.
+        mean, std: the data's normalisation (brightness changes act on the un-normalised image).
+        sigma: Gaussian blur of the gradient map, in pixels of the input.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        flow: Flow,
+        scales: Sequence[int],
+        n_views: int = 8,
+        view_rotation: float = 180.0,
+        view_brightness: float = 0.1,
+        view_seed: int = 0,
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+        sigma: float = 4.0,
+    ) -> None:
+        super().__init__()
+        self.backbone, self.flow = backbone, flow
+        self.scales = [int(s) for s in scales]
+        if int(n_views) < 1:
+            raise FlowInputError(f"model.n_views={n_views} must be at least 1 (1 = the image itself only).")
+        self.n_views, self.sigma = int(n_views), float(sigma)
+        generator = torch.Generator().manual_seed(int(view_seed))
+        angles = (torch.rand(self.n_views, generator=generator) * 2 - 1) * float(view_rotation)
+        brightness = 1 + (torch.rand(self.n_views, generator=generator) * 2 - 1) * float(view_brightness)
+        angles[0], brightness[0] = 0.0, 1.0
+        self.register_buffer("view_angles", angles, persistent=False)
+        self.register_buffer("view_brightness", brightness, persistent=False)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    @staticmethod
+    def feature_dim(channels: Sequence[int], scales: Sequence[int]) -> int:
+        return len(scales) * sum(int(c) for c in channels)
+
+    def embed(self, image: Tensor) -> Tensor:
+        """B×D pooled features: for every scale, every backbone layer's global average."""
+        pooled = []
+        for side in self.scales:
+            x = image if tuple(image.shape[-2:]) == (side, side) else F.interpolate(
+                image, size=(side, side), mode="bilinear", align_corners=False, antialias=side < image.shape[-1])
+            pooled += [f.mean(dim=(2, 3)) for f in self.backbone(x).values()]
+        return torch.cat(pooled, dim=1)
+
+    @staticmethod
+    def rotate(image: Tensor, degrees: Tensor) -> Tensor:
+        """Rotate each image by its angle about the centre (zeros outside: the data mean)."""
+        if bool((degrees == 0).all()):
+            return image
+        return kornia.geometry.transform.rotate(image, degrees.to(image), mode="bilinear", padding_mode="zeros")
+
+    def view(self, image: Tensor, k: int) -> Tensor:
+        """Test view ``k``: rotated and brightness-scaled (in pixel space) as drawn from ``view_seed``."""
+        factor = self.view_brightness[k]
+        if float(factor) != 1.0:
+            image = image * factor + self.mean * (factor - 1) / self.std
+        return self.rotate(image, self.view_angles[k].expand(image.shape[0]))
+
+    def nll(self, image: Tensor) -> Tensor:
+        """Per-dimension −log p (without the constant) of each image's features, B."""
+        return self.flow.nll(self.embed(image))
+
+    def score_views(self, image: Tensor) -> Tensor:
+        """Mean per-dimension −log p over the ``n_views`` views, B."""
+        return torch.stack([self.nll(self.view(image, k)) for k in range(self.n_views)]).mean(0)
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        """``(map B×1×H×W, score B)``: the score is the mean −log p over the views; the map is the
+        channel-summed |∂score/∂image|, smoothed. Works under ``no_grad`` and ``inference_mode``
+        (the gradient is taken on a normal copy of the image); one view's graph at a time."""
+        with torch.inference_mode(False), torch.enable_grad():
+            x = image.detach().clone().requires_grad_(True)
+            grad = torch.zeros_like(x)
+            score = x.new_zeros(x.shape[0])
+            for k in range(self.n_views):
+                nll = self.nll(self.view(x, k)) / self.n_views
+                (g,) = torch.autograd.grad(nll.sum(), x)
+                grad, score = grad + g, score + nll.detach()
+        anomaly_map = gaussian_blur(grad.abs().sum(1, keepdim=True), self.sigma)
+        return anomaly_map.detach().clone(), score.clone()
