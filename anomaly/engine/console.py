@@ -16,7 +16,7 @@ _LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities
             "lightning.pytorch.accelerators.cuda", "lightning.fabric.utilities.seed")
 _HINTS = (r".*does not have many workers.*", r".*litlogger.*", r".*LitLogger.*",
           r".*The number of training batches \(\d+\) is smaller than the logging interval.*",
-          r".*`configure_optimizers` returned `None`.*",  # statistics methods (PaDiM) have no optimizer
+          r".*configure_optimizers` returned `None`.*",  # statistics methods (PaDiM) have no optimizer
           r".*Total length of `list` across ranks is zero.*",  # data.val=none: the empty validation loader
           r".*module\(s\) in eval mode at the start of training.*",  # frozen backbones stay in eval mode
           r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
