@@ -31,7 +31,7 @@ BENCH_DEPS := .bench-deps
 bench-deps: $(STAMP)
 	test -d $(BENCH_DEPS)/anomalib || $(PY) -m pip install --quiet --no-deps --target $(BENCH_DEPS) \
 		anomalib==2.7.0 jsonargparse tifffile pandas python-dateutil six pytz tzdata matplotlib contourpy \
-		cycler fonttools kiwisolver pyparsing
+		cycler fonttools kiwisolver pyparsing scikit-image imageio lazy_loader networkx einops FrEIA
 
 bench: bench-deps
 	$(PY) bench/startup.py
