@@ -94,6 +94,6 @@ def test_each_validation_during_training_refits_the_calibration_on_the_current_w
     steps, means = zip(*seen, strict=True)
     assert steps == (2, 4, 6)  # fitted again at every validation...
     assert means[0] < means[1] < means[2]  # ...on the weights of that moment
-    offset = float(model.offset)
+    offset = float(model.offset.detach())
     expected = float(torch.cat([b["image"][:, :1] for b in _Batches().normal_train_dataloader()]).mean()) + offset
     assert means[2] == pytest.approx(expected, abs=1e-5)
