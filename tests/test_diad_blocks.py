@@ -353,20 +353,26 @@ def test_the_feature_cache_returns_the_same_latents_and_skips_the_backbone_on_hi
     assert calls == [2, 2, 1]  # the cache holds at most 3 images
 
 
+def train_briefly(denoiser: ControlledDenoiser, steps: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A few AdamW steps of the trainable parts towards a random target; returns the inputs used."""
+    params = [p for m in denoiser.trainable_modules().values() for p in m.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    sample, t, hint = inputs()
+    target = torch.randn_like(sample)
+    for _ in range(steps):
+        loss = torch.nn.functional.mse_loss(denoiser(sample, t, hint), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return sample, t, hint
+
+
 @pytest.mark.parametrize(("sff_input", "learns"), [("features", True), ("zero_conv", False)])
 def test_sff_learns_from_the_first_steps_only_when_it_reads_the_features(sff_input: str, learns: bool) -> None:
     """Under control=mid the official wiring (SFF reads the zero convs' outputs) never leaves zero."""
     denoiser = tiny_denoiser(control="mid", sff_input=sff_input)
     sff = denoiser.branch.sff
-    params = [p for m in denoiser.trainable_modules().values() for p in m.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=1e-3)
-    sample, t, hint = inputs()
-    target = torch.randn_like(sample)
-    for _ in range(3):
-        loss = torch.nn.functional.mse_loss(denoiser(sample, t, hint), target)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    sample, t, hint = train_briefly(denoiser)
     largest = max(float(p.detach().abs().max()) for p in sff.parameters())
     with torch.no_grad():
         trained = denoiser(sample, t, hint)
@@ -386,15 +392,7 @@ def test_sff_off_and_on_give_different_models_after_training() -> None:
     outputs = {}
     for sff in (True, False):
         denoiser = tiny_denoiser(control="mid", sff=sff)
-        params = [p for m in denoiser.trainable_modules().values() for p in m.parameters()]
-        optimizer = torch.optim.AdamW(params, lr=1e-3)
-        sample, t, hint = inputs()
-        target = torch.randn_like(sample)
-        for _ in range(3):
-            loss = torch.nn.functional.mse_loss(denoiser(sample, t, hint), target)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        sample, t, hint = train_briefly(denoiser)
         with torch.no_grad():
             outputs[sff] = denoiser(sample, t, hint)
     assert float((outputs[True] - outputs[False]).abs().max()) > 1e-6

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from anomaly.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from anomaly.models.base import AnomalyModule, build_block
-from anomaly.models.padim import backbone_spec
 from anomaly.nn.backbone import FeatureExtractor
 from anomaly.nn.flows import Flow, FlowDensityModel
 from anomaly.nn.flows.coupling import check_clamp
@@ -57,8 +57,8 @@ class FlowDetector(AnomalyModule):
         view_rotation: float = 180.0,
         view_brightness: float = 0.1,
         view_seed: int = 0,
-        mean: Sequence[float] = (0.485, 0.456, 0.406),
-        std: Sequence[float] = (0.229, 0.224, 0.225),
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
         sigma: float = 4.0,
         lr: float = 2e-4,
         betas: Sequence[float] = (0.9, 0.999),
@@ -69,7 +69,7 @@ class FlowDetector(AnomalyModule):
         check_clamp(clamp)  # before anything is built or read
         block = backbone if isinstance(backbone, nn.Module) else None
         if isinstance(backbone, FeatureExtractor):
-            backbone = backbone_spec(backbone)  # saved as plain data; its weights are in the state dict
+            backbone = backbone.spec()  # saved as plain data; its weights are in the state dict
         super().__init__(**kwargs)
         block = block if block is not None else build_block(backbone)
         dim = FlowDensityModel.feature_dim(block.channels.values(), scales)

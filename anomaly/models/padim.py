@@ -13,12 +13,6 @@ from anomaly.nn.backbone import FeatureExtractor
 from anomaly.nn.padim import PadimModel
 
 
-def backbone_spec(backbone: FeatureExtractor) -> dict[str, Any]:
-    """The config node that rebuilds ``backbone`` (saved as the hyperparameter instead of the module)."""
-    return {"_target_": f"{FeatureExtractor.__module__}.{FeatureExtractor.__qualname__}", "name": backbone.name,
-            "layers": list(backbone.layers), "weights": backbone.weights, "channels_last": backbone.channels_last}
-
-
 class Padim(AnomalyModule):
     """PaDiM (Defard et al., ICPR 2020): per-patch Gaussians over pretrained CNN features.
 
@@ -49,7 +43,7 @@ class Padim(AnomalyModule):
         if isinstance(backbone, FeatureExtractor):
             # The base class saves the constructor's arguments as they are now: plain data that rebuilds
             # the extractor, not the module (whose weights the state dict already holds).
-            backbone = backbone_spec(backbone)
+            backbone = backbone.spec()
         super().__init__(**kwargs)
         size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
         block = block if block is not None else build_block(backbone)

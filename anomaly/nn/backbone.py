@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -147,6 +148,11 @@ class FeatureExtractor(nn.Module):
     def train(self, mode: bool = True) -> FeatureExtractor:
         """Stay in eval mode: batch-norm statistics of a frozen backbone never change."""
         return super().train(False)
+
+    def spec(self) -> dict[str, Any]:
+        """The config node that rebuilds this extractor (what a method saves as its hyperparameter)."""
+        return {"_target_": f"{type(self).__module__}.{type(self).__qualname__}", "name": self.name,
+                "layers": list(self.layers), "weights": self.weights, "channels_last": self.channels_last}
 
     def forward(self, image: Tensor) -> dict[str, Tensor]:
         """Feature maps of the configured layers for an ImageNet-normalised batch.

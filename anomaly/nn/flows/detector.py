@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from anomaly.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from anomaly.nn.flows.coupling import Flow, FlowInputError
 from anomaly.nn.smoothing import gaussian_blur
 
@@ -37,8 +38,8 @@ class FlowDensityModel(nn.Module):
         view_rotation: float = 180.0,
         view_brightness: float = 0.1,
         view_seed: int = 0,
-        mean: Sequence[float] = (0.485, 0.456, 0.406),
-        std: Sequence[float] = (0.229, 0.224, 0.225),
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
         sigma: float = 4.0,
     ) -> None:
         super().__init__()
