@@ -145,6 +145,7 @@ class HistogramCurve:
         fp: cumulative negatives (int64).
         pro: cumulative region weights (float64).
         mixed: the bin holds more than one distinct score (its inside is not resolved).
+        low: the smallest score in each bin (the threshold of its curve point).
     """
 
     p: np.ndarray
@@ -154,6 +155,7 @@ class HistogramCurve:
     fp: np.ndarray
     pro: np.ndarray
     mixed: np.ndarray
+    low: np.ndarray | None = None
 
 
 def histogram_curve(flat: Tensor) -> HistogramCurve:
@@ -167,6 +169,7 @@ def histogram_curve(flat: Tensor) -> HistogramCurve:
     return HistogramCurve(
         p=p, q=q, w=w, tp=np.cumsum(p), fp=np.cumsum(q), pro=np.cumsum(w),
         mixed=(_field(flat, BIN_MIN)[occupied] < _field(flat, BIN_MAX)[occupied]).numpy(),
+        low=_field(flat, BIN_MIN)[occupied].numpy(),
     )
 
 

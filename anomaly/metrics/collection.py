@@ -90,6 +90,7 @@ class AnomalyMetrics(nn.Module):
         self._batches = 0
         self.reasons: dict[str, dict[str, str]] = {}
         self.error_bounds: dict[str, dict[str, float]] = {}
+        self.thresholds: dict[str, dict[str, float]] = {}  # group -> F1-max metric -> its optimal threshold
 
     def update(
         self,
@@ -149,6 +150,8 @@ class AnomalyMetrics(nn.Module):
             per_group[POOLED] = per_group[self.categories[0]]
         results: Results = {}
         self.reasons, self.error_bounds = {}, {}
+        self.thresholds = {group: {k: v for e in evaluations for k, v in e.thresholds.items()}
+                           for group, evaluations in per_group.items()}
         for group, evaluations in per_group.items():
             results[group], self.reasons[group], self.error_bounds[group] = _flatten(evaluations)
         results[MEAN], self.reasons[MEAN], self.error_bounds[MEAN] = self._mean(results)

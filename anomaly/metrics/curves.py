@@ -52,10 +52,13 @@ class CurveAccumulator:
         self._integer_auc = 2 * positives * negatives < 2**62
         self._ap = 0.0
         self._f1 = 0.0
+        self.f1_threshold = float("nan")  # the score of the F1-optimal group (decide score >= it)
         self._pro = ProArea(negatives, regions) if "aupro" in self.names else None
 
-    def add(self, p: np.ndarray, q: np.ndarray, tp: np.ndarray, fp: np.ndarray, w: np.ndarray | None = None) -> None:
-        """Append groups (int64 arrays, highest score first; ``w`` float64, needed for AUPRO)."""
+    def add(self, p: np.ndarray, q: np.ndarray, tp: np.ndarray, fp: np.ndarray, w: np.ndarray | None = None,
+            score: np.ndarray | None = None) -> None:
+        """Append groups (int64 arrays, highest score first; ``w`` float64, needed for AUPRO; ``score``
+        the lowest score of each group, for :attr:`f1_threshold`)."""
         if p.size == 0:
             return
         if "auroc" in self.names:
@@ -70,7 +73,12 @@ class CurveAccumulator:
                 self._ap += float(np.dot(p, tp / samples))
             if "f1max" in self.names:
                 samples += self.positives
-                self._f1 = max(self._f1, 2 * float(np.max(tp / samples)))
+                f1 = tp / samples
+                best = int(np.argmax(f1))
+                if 2 * float(f1[best]) > self._f1:
+                    self._f1 = 2 * float(f1[best])
+                    if score is not None:
+                        self.f1_threshold = float(score[best])
         if "aupro" in self.names:
             if w is None:
                 raise ValueError("AUPRO needs the region weight of each group")

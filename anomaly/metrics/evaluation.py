@@ -25,11 +25,13 @@ class Evaluation:
         values: metric name -> value (NaN where undefined).
         reasons: metric name -> why it is undefined.
         bounds: metric name -> certified worst-case |binned - exact| (0 in exact mode).
+        thresholds: F1-max metric name -> the score at which F1 is maximal (flag ``score >= it``).
     """
 
     values: dict[str, float] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)
     bounds: dict[str, float] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
 
 
 def evaluate(parts: Sequence[CurveMetric]) -> Evaluation:
@@ -66,13 +68,14 @@ def evaluate(parts: Sequence[CurveMetric]) -> Evaluation:
             return _undefined(names, reasons)
         curve = histogram_curve(hist)
         accumulator = CurveAccumulator(curves, positives, negatives, regions)
-        accumulator.add(p=curve.p, q=curve.q, tp=curve.tp, fp=curve.fp, w=curve.w)
+        accumulator.add(p=curve.p, q=curve.q, tp=curve.tp, fp=curve.fp, w=curve.w, score=curve.low)
         values = accumulator.result()
         bounds = error_bounds(curve, curves, positives, negatives, regions, values)
     return Evaluation(
         values={n: values[curve_name(n)] for n in names},
         reasons=reasons,
         bounds={n: bounds[curve_name(n)] for n in names},
+        thresholds={n: accumulator.f1_threshold for n in names if curve_name(n) == "f1max"},
     )
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from anomaly.metrics.curves import CurveAccumulator
-from anomaly.metrics.keys import low_half
+from anomaly.metrics.keys import low_half, order_score
 
 #: Keys per part (a part never splits a group of equal scores, so a huge tie makes a larger one).
 PART = 1 << 20
@@ -26,11 +26,13 @@ PART = 1 << 20
 
 @dataclass(frozen=True)
 class Tie:
-    """A threshold group summarised without its keys: ``size`` samples, ``positives``, region ``weight``."""
+    """A threshold group summarised without its keys: ``size`` samples, ``positives``, region ``weight``,
+    and its score's ``order`` value (the high half of its keys)."""
 
     size: int
     positives: int
     weight: float
+    order: int = 0
 
 
 def sort_keys(keys: np.ndarray) -> None:
@@ -92,7 +94,8 @@ def _tie(pieces: list[np.ndarray]) -> Tie:
         nonzero = payload[payload > 0]
         positives += nonzero.size
         weight += float(np.sum(1.0 / nonzero.astype(np.float64)))
-    return Tie(size=sum(p.size for p in pieces), positives=positives, weight=weight)
+    return Tie(size=sum(p.size for p in pieces), positives=positives, weight=weight,
+               order=int(pieces[0][0] >> 32))
 
 
 def stream(parts: Iterable[np.ndarray | Tie], accumulator: CurveAccumulator, with_pro: bool) -> None:
@@ -110,7 +113,8 @@ def stream(parts: Iterable[np.ndarray | Tie], accumulator: CurveAccumulator, wit
                 tp = tp_above + part.positives
                 accumulator.add(p=np.array([part.positives]), q=np.array([part.size - part.positives]),
                                 tp=np.array([tp]), fp=np.array([above + part.size - tp]),
-                                w=np.array([part.weight]) if with_pro else None)
+                                w=np.array([part.weight]) if with_pro else None,
+                                score=order_score(np.array([part.order])))
                 tp_above = tp
                 if accumulator.finished:
                     return
@@ -132,7 +136,8 @@ def stream(parts: Iterable[np.ndarray | Tie], accumulator: CurveAccumulator, wit
                 weight = np.add.reduceat(1.0 / payload[positive].astype(np.float64), runs)[::-1]
             tp = tp_above + np.cumsum(p)
             at_or_above = (above + part.size - lo)[::-1]  # samples scored at or above each group
-            accumulator.add(p=p, q=(hi - lo)[::-1] - p, tp=tp, fp=at_or_above - tp, w=weight)
+            accumulator.add(p=p, q=(hi - lo)[::-1] - p, tp=tp, fp=at_or_above - tp, w=weight,
+                            score=order_score(group[::-1]))
             tp_above = int(tp[-1])
             if accumulator.finished:
                 return

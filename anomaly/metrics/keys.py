@@ -37,6 +37,11 @@ def score_order(scores: np.ndarray, out: np.ndarray | None = None) -> np.ndarray
     return np.bitwise_xor(bits, flip, out=out)
 
 
+def order_score(order: np.ndarray) -> np.ndarray:
+    """The float32 scores of ``score_order`` values (the map is its own inverse)."""
+    return score_order(np.asarray(order, dtype=np.int32).view(np.float32)).view(np.float32)
+
+
 def pack_into(scores: Tensor, payload: Tensor, out: np.ndarray) -> None:
     """Write the keys of CPU ``scores`` (finite float32, 1-D, no -0.0) and ``payload`` (integer-valued,
     in [0, 2**32)) into the int64 array ``out``.
