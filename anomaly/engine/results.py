@@ -1,4 +1,4 @@
-"""metrics.json (per category, mean, pooled; config, versions, seed) and the printed results table."""
+"""metrics.json (per category, mean, pooled; config, versions, seed), curves.json and the printed results table."""
 
 from __future__ import annotations
 
@@ -31,6 +31,12 @@ def library_versions() -> dict[str, str]:
 def write_metrics(path: str | Path, results: dict[str, Any]) -> None:
     """Write ``results`` plus library versions to ``path`` atomically."""
     atomic_write_json(path, {**results, "versions": library_versions()})
+
+
+def write_curves(path: str | Path, curves: dict[str, Any]) -> None:
+    """Write the test ROC/PRO points per category (``{group: {"image_roc"|"pixel_roc"|"pixel_pro": {"x", "y"}}}``)
+    atomically; ``anomaly.report`` plots them."""
+    atomic_write_json(path, curves)
 
 
 def print_table(per_category: dict[str, dict[str, float | None]], extra_rows: dict[str, dict[str, float | None]],

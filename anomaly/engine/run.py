@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -35,7 +36,10 @@ from anomaly.engine.checkpoints import (
     resolve_resume,
 )
 from anomaly.engine.console import header, quiet_lightning
-from anomaly.engine.results import print_table, write_metrics
+from anomaly.engine.manifest import Manifest, data_record
+from anomaly.engine.media import log_results
+from anomaly.engine.results import print_table, write_curves, write_metrics
+from anomaly.engine.resume import finished_metrics
 from anomaly.metrics import MEAN, POOLED, mean_over_categories
 from anomaly.models.base import AnomalyModule
 from anomaly.utils.atomic import atomic_write_json
@@ -80,18 +84,26 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("ckpt_path") not in (None, "last"):
         check_method(resolve_resume(cfg.ckpt_path, Path()), cfg.model._target_)
     config = to_plain(cfg)
-    L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    if cfg.get("resume"):
+        finished = finished_metrics(output_dir, config)
+        if finished is not None:
+            print(f"resume=true: {output_dir} has finished (metrics.json); skipped.")
+            return finished, {}
+    L.seed_everything(cfg.seed, workers=True)
+    manifest = Manifest(output_dir, config, *_job())
     first_model = build_model(cfg)  # model options fail here, before any data is read
     datamodule = build_datamodule(cfg)
     categories = datamodule.categories
     header(cfg, datamodule.setting, categories, output_dir)
-    _record_splits(datamodule, output_dir)
+    manifest.update(data={**data_record(datamodule), "split_files": _record_splits(datamodule, output_dir)})
     units = [""] if datamodule.setting == "unified" or len(categories) == 1 else list(categories)
     validation, testing = Aggregate(), Aggregate()
     timing: dict[str, dict[str, float]] = {}
     model = trainer = None
     selected: list[str] = []
+    curves: dict[str, Any] = {}
+    loggers: list[Any] = []
     for unit in units:
         unit_cfg = for_unit(cfg, unit)
         unit_data = datamodule.for_category(unit) if unit else datamodule
@@ -117,8 +129,16 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             trainer.test(model, datamodule=unit_data, ckpt_path=best, verbose=False, weights_only=True)
             timing[unit or "all"]["test_s"] = round(time.perf_counter() - start, 3)
             testing.add(model.results["test"])
-        finish_loggers(loggers)
+            unit_curves = _test_curves(model)
+            curves.update(unit_curves)
+            log_results(loggers, model.results["test"], unit_curves)
+        if unit != units[-1]:
+            finish_loggers(loggers)
+    if len(units) > 1 and testing.per_category:  # the last unit's logger also gets every category and the mean
+        log_results(loggers, {**testing.per_category, **testing.summary()}, curves, key="test/all_categories")
+    finish_loggers(loggers)
     if testing.per_category and (trainer is None or trainer.is_global_zero):
+        write_curves(output_dir / "curves.json", curves)
         write_metrics(output_dir / "metrics.json", {
             "method": cfg.model._target_, "setting": datamodule.setting, "seed": cfg.seed,
             "selected_on": "validation (best.ckpt)" if selected else "last epoch (no checkpoint ranked on validation)",
@@ -128,6 +148,7 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         })
         print_table(testing.per_category, testing.summary(),
                     title=f"{cfg.model._target_.rsplit('.', 1)[-1]} — test — {output_dir}")
+    manifest.finish(timing, trainer)
     metrics = {**validation.flat("val"), **testing.flat("test")}
     return metrics, {"model": model, "trainer": trainer, "datamodule": datamodule}
 
@@ -156,13 +177,40 @@ def _checkpoint_dir(cfg: DictConfig, output_dir: Path, unit: str) -> Path:
     return Path(node.dirpath) if node and node.get("dirpath") else output_dir / "checkpoints" / unit
 
 
-def _record_splits(datamodule: Any, output_dir: Path) -> None:
-    """Layouts without an official split (MTD) and validation splits record which images they used."""
+def _record_splits(datamodule: Any, output_dir: Path) -> list[str]:
+    """Layouts without an official split (MTD) and validation splits record which images they used;
+    returns the names of the files written."""
+    written = []
     if hasattr(datamodule.layout, "split_listing"):
         atomic_write_json(output_dir / "split.json", datamodule.layout.split_listing(datamodule.root))
+        written.append("split.json")
     listing = datamodule.validation_listing() if hasattr(datamodule, "validation_listing") else []
     if listing:
         atomic_write_json(output_dir / "val_split.json", listing)
+        written.append("val_split.json")
+    return written
+
+
+def _test_curves(model: Any) -> dict[str, Any]:
+    """The ROC/PRO points of the last test epoch per category (and pooled over several), as the metrics
+    kept them (``anomaly.metrics.points``: bounded in size)."""
+    evaluator = getattr(model, "evaluators", {}).get("test")
+    categories = list(getattr(model, "categories", []))
+    return {group: points for group, points in getattr(evaluator, "curves", {}).items()
+            if points and (group in categories or (group == POOLED and len(categories) > 1))}
+
+
+def _job() -> tuple[list[str], dict[str, Any] | None, dict[str, Any]]:
+    """This job's command-line overrides, in a sweep its folder and number, and the chosen config options."""
+    try:
+        hydra = HydraConfig.get()
+    except ValueError:
+        return [], None, {}
+    sweep = None
+    if hydra.mode == RunMode.MULTIRUN:
+        sweep = {"dir": str(hydra.sweep.dir), "job": int(hydra.job.num)}
+    choices = {str(k): v for k, v in hydra.runtime.choices.items() if not str(k).startswith("hydra")}
+    return list(hydra.overrides.task), sweep, choices
 
 
 def retest(cfg: DictConfig) -> Results:

@@ -91,6 +91,7 @@ class AnomalyMetrics(nn.Module):
         self.reasons: dict[str, dict[str, str]] = {}
         self.error_bounds: dict[str, dict[str, float]] = {}
         self.thresholds: dict[str, dict[str, float]] = {}  # group -> F1-max metric -> its optimal threshold
+        self.curves: dict[str, dict[str, dict[str, list[float]]]] = {}  # group -> "image_roc"... -> points
 
     def update(
         self,
@@ -152,6 +153,8 @@ class AnomalyMetrics(nn.Module):
         self.reasons, self.error_bounds = {}, {}
         self.thresholds = {group: {k: v for e in evaluations for k, v in e.thresholds.items()}
                            for group, evaluations in per_group.items()}
+        self.curves = {group: {k: v for e in evaluations for k, v in e.curves.items()}
+                       for group, evaluations in per_group.items()}
         for group, evaluations in per_group.items():
             results[group], self.reasons[group], self.error_bounds[group] = _flatten(evaluations)
         results[MEAN], self.reasons[MEAN], self.error_bounds[MEAN] = self._mean(results)

@@ -20,6 +20,7 @@ from collections.abc import Collection
 import numpy as np
 
 from anomaly.metrics.aupro import ProArea
+from anomaly.metrics.points import CurvePoints
 
 CURVE_NAMES: tuple[str, ...] = ("auroc", "ap", "f1max", "aupro")
 
@@ -54,6 +55,7 @@ class CurveAccumulator:
         self._f1 = 0.0
         self.f1_threshold = float("nan")  # the score of the F1-optimal group (decide score >= it)
         self._pro = ProArea(negatives, regions) if "aupro" in self.names else None
+        self.points = CurvePoints(positives, negatives, regions, pro="aupro" in self.names)  # for plots
 
     def add(self, p: np.ndarray, q: np.ndarray, tp: np.ndarray, fp: np.ndarray, w: np.ndarray | None = None,
             score: np.ndarray | None = None) -> None:
@@ -83,6 +85,7 @@ class CurveAccumulator:
             if w is None:
                 raise ValueError("AUPRO needs the region weight of each group")
             self._pro.add(q, fp, w)
+        self.points.add(p, q, tp, fp, w)
 
     @property
     def finished(self) -> bool:

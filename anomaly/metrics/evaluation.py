@@ -26,12 +26,15 @@ class Evaluation:
         reasons: metric name -> why it is undefined.
         bounds: metric name -> certified worst-case |binned - exact| (0 in exact mode).
         thresholds: F1-max metric name -> the score at which F1 is maximal (flag ``score >= it``).
+        curves: ``"<level>_roc"`` / ``"<level>_pro"`` -> bounded ``{"x", "y"}`` points for plots
+            (:mod:`anomaly.metrics.points`); empty where the metrics are undefined.
     """
 
     values: dict[str, float] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)
     bounds: dict[str, float] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
+    curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
 
 def evaluate(parts: Sequence[CurveMetric]) -> Evaluation:
@@ -76,6 +79,7 @@ def evaluate(parts: Sequence[CurveMetric]) -> Evaluation:
         reasons=reasons,
         bounds={n: bounds[curve_name(n)] for n in names},
         thresholds={n: accumulator.f1_threshold for n in names if curve_name(n) == "f1max"},
+        curves={f"{first.level}_{kind}": points for kind, points in accumulator.points.curves().items()},
     )
 
 
