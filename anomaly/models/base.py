@@ -62,6 +62,11 @@ def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, An
     return out
 
 
+def _finite(value: float | None) -> float | None:
+    """``value``, or ``None`` when missing or NaN (an undefined F1 curve)."""
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
 class AnomalyModule(L.LightningModule):
     """Base of every method: validation/test/predict steps, per-category metrics, checkpoints.
 
@@ -95,6 +100,10 @@ class AnomalyModule(L.LightningModule):
         self.evaluators: dict[str, AnomalyMetrics] = {}
         self.results: dict[str, dict[str, dict[str, float | None]]] = {}
         self.categories: list[str] = []
+        # Per stage: the F1-optimal image/pixel thresholds and min-max statistics of its last epoch,
+        # per category and pooled (plain data; saved in checkpoints, read by anomaly.deploy).
+        self.thresholds: dict[str, dict[str, Any]] = {}
+        self._ranges: dict[str, Tensor] = {}
 
     # -- the method's part ------------------------------------------------------------------------
     def score_batch(self, batch: Mapping[str, Any]) -> AnomalyOutput:
@@ -139,15 +148,44 @@ class AnomalyModule(L.LightningModule):
     def _start_evaluation(self, stage: str) -> None:
         self._fit_calibration()
         self._metrics(stage).reset()
+        self._ranges = {}
 
     def _evaluation_step(self, stage: str, batch: Mapping[str, Any]) -> AnomalyOutput:
         output = self.evaluate_batch(batch)
         self._metrics(stage).update(batch["category"], output.anomaly_map, output.score, batch["mask"], batch["label"])
+        self._track_ranges(list(batch["category"]), output)
         return output
+
+    def _track_ranges(self, categories: list[str], output: AnomalyOutput) -> None:
+        """Running (-min score, max score, -min map, max map) per category, for min-max normalisation."""
+        for category in set(categories):
+            rows = [i for i, c in enumerate(categories) if c == category]
+            score, maps = output.score[rows].detach().float(), output.anomaly_map[rows].detach().float()
+            now = torch.stack([-score.min(), score.max(), -maps.min(), maps.max()])
+            seen = self._ranges.get(category)
+            self._ranges[category] = now if seen is None else torch.maximum(seen, now)
+
+    def _record_thresholds(self, stage: str) -> None:
+        """The stage's F1-optimal thresholds (``AnomalyMetrics.thresholds``) and score/map ranges."""
+        ranges = torch.stack([self._ranges.get(c, torch.full((4,), -math.inf, device=self.device))
+                              for c in self.categories]).to(self.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(ranges, op=torch.distributed.ReduceOp.MAX)
+        per = {c: ranges[i].tolist() for i, c in enumerate(self.categories)}
+        per["pooled"] = ranges.amax(0).tolist()
+        groups = {}
+        for group, found in self._metrics(stage).thresholds.items():
+            if group not in per or not math.isfinite(per[group][1]):
+                continue
+            groups[group] = {"image": _finite(found.get("image_f1max")), "pixel": _finite(found.get("pixel_f1max")),
+                             "score_min": -per[group][0], "score_max": per[group][1],
+                             "map_min": -per[group][2], "map_max": per[group][3]}
+        self.thresholds[stage] = {"stage": stage, "global_step": self._step(), "groups": groups}
 
     def _end_evaluation(self, stage: str) -> None:
         results = self._metrics(stage).compute()
         self.results[stage] = results
+        self._record_thresholds(stage)
         for group, values in results.items():
             for name, value in values.items():
                 if value is not None and not math.isnan(float(value)):
@@ -247,9 +285,11 @@ class AnomalyModule(L.LightningModule):
         checkpoint.pop("hparams_type", None)
         checkpoint["anomaly_method"] = f"{type(self).__module__}.{type(self).__qualname__}"
         checkpoint["anomaly_categories"] = list(self.categories)
+        checkpoint["anomaly_thresholds"] = plain(self.thresholds)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.categories = list(checkpoint.get("anomaly_categories") or self.categories)
+        self.thresholds = dict(checkpoint.get("anomaly_thresholds") or {})
         if self.calibration is not None:
             self.calibration.clear()
 
