@@ -13,6 +13,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from anomaly.data.dataset import AnomalyDataset, Synthesis, check_records
 from anomaly.data.errors import DataError
+from anomaly.data.few_shot import FewShotDataset, check_few_shot, few_shot_listing, select_few_shot
 from anomaly.data.record import Layout, Record
 from anomaly.data.transforms import IMAGENET_MEAN, IMAGENET_STD, geometry
 from anomaly.data.validation import ValMode, check_val, held_out, listing
@@ -38,6 +39,8 @@ class AnomalyDataModule(L.LightningDataModule):
             per category and label) or ``none``. Which images: ``validation_listing()``.
         val_fraction, val_seed: size of the held-out part and its seed.
         val_synthesis: the strategy making the synthetic validation anomalies.
+        few_shot_anomalies, few_shot_seed: ``k`` real anomalous test images per category moved from
+            the test set into the training split (``anomaly.data.few_shot``); 0 = off.
 
     Example:
         >>> dm = AnomalyDataModule("data/mvtec", MVTecLayout(), category="bottle")  # doctest: +SKIP
@@ -63,6 +66,8 @@ class AnomalyDataModule(L.LightningDataModule):
         val_fraction: float = 0.2,
         val_seed: int = 0,
         val_synthesis: Synthesis | None = None,
+        few_shot_anomalies: int = 0,
+        few_shot_seed: int = 0,
     ) -> None:
         super().__init__()
         check_val(val, val_fraction)
@@ -82,7 +87,9 @@ class AnomalyDataModule(L.LightningDataModule):
         self.prepare = prepare
         self.synthesis = synthesis
         self.val, self.val_fraction, self.val_seed, self.val_synthesis = val, val_fraction, val_seed, val_synthesis
+        self.few_shot_anomalies, self.few_shot_seed = check_few_shot(few_shot_anomalies), int(few_shot_seed)
         self._held_out: set[Record] | None = None
+        self._few_shot: list[Record] | None = None
         self._categories: list[str] | None = None
         self._records: dict[str, list[Record]] = {}
 
@@ -114,6 +121,7 @@ class AnomalyDataModule(L.LightningDataModule):
         clone.__dict__.update(self.__dict__)
         L.LightningDataModule.__init__(clone)
         clone.category, clone._categories, clone._records, clone._held_out = category, None, {}, None
+        clone._few_shot = None
         return clone
 
     def records(self, split: Literal["train", "test"]) -> list[Record]:
@@ -136,10 +144,22 @@ class AnomalyDataModule(L.LightningDataModule):
                 normal = [r for r in self.records("train") if r.label == 0]
                 self._held_out = held_out(normal, self.val_fraction, self.val_seed, "training")
             elif self.val == "from_test":
-                self._held_out = held_out(self.records("test"), self.val_fraction, self.val_seed, "test")
+                pool = [r for r in self.records("test") if r not in self.few_shot()]
+                self._held_out = held_out(pool, self.val_fraction, self.val_seed, "test")
             else:
                 self._held_out = set()
         return self._held_out
+
+    def few_shot(self) -> list[Record]:
+        """The real anomalous images taken out of the test set for training (``few_shot_anomalies``)."""
+        if self._few_shot is None:
+            k = self.few_shot_anomalies
+            self._few_shot = select_few_shot(self.records("test"), k, self.few_shot_seed) if k else []
+        return self._few_shot
+
+    def few_shot_listing(self) -> list[dict[str, object]]:
+        """The few-shot images (for ``few_shot.json`` in the run folder); empty when off."""
+        return few_shot_listing(self.few_shot())
 
     def validation_listing(self) -> list[dict[str, object]]:
         """The validation images (for ``val_split.json`` in the run folder); empty without validation."""
@@ -154,6 +174,7 @@ class AnomalyDataModule(L.LightningDataModule):
         self.records("train" if stage == "fit" else "test")
         if stage in ("fit", "validate"):
             self.held_out()
+        self.few_shot()
 
     def dataset(self, split: Literal["train", "val", "test"]) -> Dataset:
         """The dataset of one split; the synthesis strategy applies to ``train`` only."""
@@ -161,9 +182,13 @@ class AnomalyDataModule(L.LightningDataModule):
         held = self.held_out()
         if split == "train":
             records = [r for r in self.records("train") if r.label == 0 and r not in held]
-            return AnomalyDataset(records, synthesis=self.synthesis, **options)
+            normal = AnomalyDataset(records, synthesis=self.synthesis, **options)
+            if not self.few_shot():
+                return normal
+            return ConcatDataset([normal, FewShotDataset(self.few_shot(), self.synthesis is not None, **options)])
         if split == "test":
-            return AnomalyDataset([r for r in self.records("test") if r not in held], **options)
+            shots = set(self.few_shot())
+            return AnomalyDataset([r for r in self.records("test") if r not in held and r not in shots], **options)
         if self.val == "from_test":
             return AnomalyDataset([r for r in self.records("test") if r in held], **options)
         normal = [r for r in self.records("train") if r in held]

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from anomaly.data.errors import DataError
+from anomaly.data.few_shot import is_real_anomaly
 from anomaly.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from anomaly.models.base import AnomalyModule, build_block
-from anomaly.nn.backbone import FeatureExtractor
+from anomaly.nn.backbone import BackboneError, FeatureExtractor
 from anomaly.nn.flows import Flow, FlowDensityModel
 from anomaly.nn.flows.coupling import check_clamp
 
@@ -37,6 +40,9 @@ class FlowDetector(AnomalyModule):
         n_views, view_rotation, view_brightness, view_seed: the test views.
         mean, std: data normalisation (for brightness changes); sigma: map blur in pixels.
         lr, betas, eps, weight_decay: Adam.
+        pretrained: the contrastively pre-trained extractor (``model=contrastive_backbone``): its run folder
+            (``checkpoints/<category>/best.ckpt`` is taken per category, else ``last.ckpt``) or one
+            checkpoint file; loaded with ``weights_only=True`` into the backbone before fitting.
         **kwargs: ``AnomalyModule`` options (evaluator, calibrate).
     """
 
@@ -64,6 +70,7 @@ class FlowDetector(AnomalyModule):
         betas: Sequence[float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        pretrained: str | None = None,
         **kwargs: Any,
     ) -> None:
         check_clamp(clamp)  # before anything is built or read
@@ -81,9 +88,24 @@ class FlowDetector(AnomalyModule):
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
         return self.model(image)
 
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit" and self.hparams.get("pretrained"):
+            path = pretrained_checkpoint(self.hparams.pretrained, self.categories)
+            saved = torch.load(path, map_location="cpu", weights_only=True).get("anomaly_categories") or []
+            if saved and not set(self.categories) <= set(saved):
+                raise DataError(f"model.pretrained={path} was pre-trained on {saved}, not on {self.categories}; "
+                                "give the run folder of a pre-training on these categories.")
+            try:
+                self.model.backbone.load_weights(str(path))
+            except BackboneError as error:
+                raise DataError(f"model.pretrained={path} does not hold this run's backbone "
+                                f"({self.model.backbone.name} {self.model.backbone.layers}): {error}") from error
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        # Under a synthesis strategy the density is still of normal images only: their ``source``.
-        images = batch.get("source", batch["image"])
+        # Under a synthesis strategy the density is still of normal images only: their ``source``;
+        # real anomalies of ``data.few_shot_anomalies`` are skipped.
+        images = batch.get("source", batch["image"])[~is_real_anomaly(batch)]
         images = images.repeat_interleave(self.train_views, dim=0)
         with torch.no_grad():
             angles = (torch.rand(images.shape[0], device=images.device) * 2 - 1) * self.rotation
@@ -99,4 +121,21 @@ class FlowDetector(AnomalyModule):
 
     def restore_overrides(self) -> dict[str, Any]:
         """The backbone's weights are in the checkpoint: do not re-read them."""
-        return {"backbone": {"weights": "none"}}
+        return {"backbone": {"weights": "none"}, "pretrained": None}
+
+
+def pretrained_checkpoint(path: str | Path, categories: Sequence[str]) -> Path:
+    """The checkpoint of ``model.pretrained`` for these categories: a file as is, or in a run folder
+    ``checkpoints/<category>/best.ckpt`` (else ``last.ckpt``; ``checkpoints/`` itself for one unified model)."""
+    root = Path(path).expanduser()
+    if root.is_file():
+        return root
+    unit = categories[0] if len(categories) == 1 else ""
+    for name in ("best.ckpt", "last.ckpt"):
+        for folder in (root / "checkpoints" / unit, root / unit, root):
+            if (folder / name).is_file():
+                return folder / name
+    raise DataError(
+        f"model.pretrained={path} holds no checkpoints/{unit or '<unit>'}/best.ckpt or last.ckpt; point it at the "
+        "run folder of python -m anomaly.train model=contrastive_backbone (or at one checkpoint file)."
+    )

@@ -1,0 +1,118 @@
+"""A few real anomalous images per category, taken out of the test set for weakly supervised training.
+
+The continuous dense flow's contrastive pre-training (Zhang et al., 2023) adds 1–2 known defect
+types' real images per category to its simulated anomalies. ``data.few_shot_anomalies: k`` takes
+``k`` anomalous test images of each category (seeded, spread over the defect types), removes them
+from evaluation (the test set and a ``from_test`` validation split never contain them) and adds them
+to the training split with their label and defect name. ``few_shot.json`` in the run folder lists them.
+
+Training samples that are real anomalies keep their defect name (``defect != "good"``); methods that
+learn from normal images only (the flows) skip them, the contrastive pre-training uses them as negatives.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from anomaly.data.dataset import AnomalyDataset
+from anomaly.data.errors import DataError
+from anomaly.data.record import Record
+from anomaly.utils.atomic import atomic_write_json
+
+
+def check_few_shot(k: int) -> int:
+    """``k`` as an int; a negative count is a ``DataError``."""
+    if int(k) < 0:
+        raise DataError(f"data.few_shot_anomalies={k} must be 0 (off) or a positive number of images per category.")
+    return int(k)
+
+
+def select_few_shot(test_records: Sequence[Record], k: int, seed: int = 0) -> list[Record]:
+    """``k`` anomalous test records per category, drawn by ``(seed, category)``, round-robin over the
+    defect types (sorted) so that ``k = 2`` gives two defect types when a category has them.
+
+    Raises:
+        DataError: ``k`` is negative, or larger than a category's anomalous test images (naming how many exist).
+    """
+    if check_few_shot(k) == 0:
+        return []
+    by_category: dict[str, dict[str, list[Record]]] = {}
+    for record in test_records:
+        by_category.setdefault(record.category, {})
+        if record.label == 1:
+            by_category[record.category].setdefault(record.defect, []).append(record)
+    chosen: list[Record] = []
+    for category, defects in sorted(by_category.items()):
+        total = sum(len(v) for v in defects.values())
+        if int(k) > total:
+            raise DataError(
+                f"data.few_shot_anomalies={k} is more than category {category}'s {total} anomalous test images; "
+                f"set data.few_shot_anomalies to at most {total}."
+            )
+        rng = np.random.default_rng([int(seed), zlib.crc32(category.encode())])
+        names = sorted(defects)
+        order = [names[i] for i in rng.permutation(len(names))]
+        pools = {name: [defects[name][i] for i in rng.permutation(len(defects[name]))] for name in order}
+        picked: list[Record] = []
+        while len(picked) < int(k):
+            for name in order:
+                if pools[name] and len(picked) < int(k):
+                    picked.append(pools[name].pop(0))
+        chosen.extend(picked)
+    return chosen
+
+
+def few_shot_listing(records: Sequence[Record]) -> list[dict[str, object]]:
+    """What ``few_shot.json`` records of each image."""
+    return [{"category": r.category, "image": str(r.image), "mask": None if r.mask is None else str(r.mask),
+             "defect": r.defect, "from": "test"} for r in records]
+
+
+class FewShotDataset(Dataset):
+    """The real anomalous images as training samples: the keys of the training split (with ``source``,
+    the image itself, when the normal images have one), their real mask and label 1, no synthesis."""
+
+    def __init__(self, records: Sequence[Record], with_source: bool, **options: Any) -> None:
+        self.images = AnomalyDataset(records, **options)
+        self.with_source = with_source
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.images[index]
+        if self.with_source:
+            sample["source"] = sample["image"].clone()
+        return sample
+
+
+def is_real_anomaly(batch: dict[str, Any]) -> torch.Tensor:
+    """B booleans: which training samples are real (few-shot) anomalies, not normal images."""
+    return torch.tensor([d != "good" for d in batch["defect"]], dtype=torch.bool, device=batch["image"].device)
+
+
+class FewShotListing(L.Callback):
+    """Writes the few-shot images of the fitted categories into ``path`` (JSON, atomically), merged
+    with what earlier categories of the same run wrote."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        datamodule = getattr(trainer, "datamodule", None)
+        listing = datamodule.few_shot_listing() if hasattr(datamodule, "few_shot_listing") else []
+        if not listing or not trainer.is_global_zero:
+            return
+        old = json.loads(self.path.read_text()) if self.path.is_file() else []
+        new_images = {entry["image"] for entry in listing}
+        merged = [e for e in old if e["image"] not in new_images] + listing
+        atomic_write_json(self.path, sorted(merged, key=lambda e: (e["category"], e["image"])))
