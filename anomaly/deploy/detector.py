@@ -156,8 +156,8 @@ def _load_exported(path: Path, category: str | None, runtime: str | None, thread
 
 
 def metadata_path(model_file: Path) -> Path:
-    """The JSON beside an exported model: ``model.onnx`` → ``model.json``."""
-    return model_file.with_suffix(".json")
+    """The JSON beside an exported model: ``last.onnx`` → ``last.onnx.json``."""
+    return model_file.with_name(model_file.name + ".json")
 
 
 def describe(detector: Detector) -> dict[str, Any]:
