@@ -83,7 +83,7 @@ class FewShotDataset(Dataset):
 
     def __init__(self, records: Sequence[Record], with_source: bool, **options: Any) -> None:
         self.images = AnomalyDataset(records, **options)
-        self.with_source = with_source
+        self.records, self.with_source = self.images.records, with_source
 
     def __len__(self) -> int:
         return len(self.images)

@@ -70,11 +70,15 @@ class ContrastiveBackbone(AnomalyModule):
         score = (F.normalize(z, dim=1) - F.normalize(self.center, dim=0)).norm(dim=1)
         return score.view(-1, 1, 1, 1).expand(-1, 1, *image.shape[-2:]).contiguous(), score
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        """The triplet loss of the batch; ``None`` (the step is skipped) for a batch without 2 normal
+        images and 1 anomaly (e.g. a short last batch)."""
         real = is_real_anomaly(batch)
         source = batch.get("source", batch["image"])
         normal = source[~real]
         anomalous = batch["image"][(batch["label"] == 1) | real]
+        if normal.shape[0] < 2 or anomalous.shape[0] < 1:
+            return None
         z = self.model(torch.cat([normal, anomalous]))
         positives, negatives = z[: normal.shape[0]], z[normal.shape[0]:]
         negatives = interpolate_negatives(negatives, self.hparams.interpolation_ratio)
