@@ -43,6 +43,14 @@ def _suffix(unit: Any) -> str:
     return f"_{unit}" if unit not in (None, "") else ""
 
 
+def _sqlite(folder: str, name: str = "optuna.db") -> str:
+    """``sqlite:///<folder>/<name>`` with ``folder`` created: Optuna's storage in a sweep folder that
+    Hydra only creates after the study (a re-run into the same folder continues the study)."""
+    path = Path(str(folder)).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path / name}"
+
+
 def register_resolvers() -> None:
     """Register the ``${anomaly.*}`` resolvers (idempotent)."""
     for name, function in {
@@ -51,6 +59,9 @@ def register_resolvers() -> None:
         "anomaly.unique_dir": _unique_dir,
         "anomaly.suffix": _suffix,
         "anomaly.basename": lambda path: Path(str(path)).name,
+        "anomaly.sqlite": _sqlite,
+        # The W&B group: a sweep's folder name for its jobs (hydra:mode is MULTIRUN), else the run folder's.
+        "anomaly.run_group": lambda mode, sweep, run: Path(str(sweep if str(mode).endswith("MULTIRUN") else run)).name,
     }.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function)

@@ -18,8 +18,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from lightning.fabric.utilities.rank_zero import rank_zero_only
-
 from anomaly.engine.results import library_versions
 from anomaly.utils.atomic import atomic_write_json
 
@@ -124,9 +122,12 @@ class Manifest:
         self.update(status="finished", timing=timing, device=device_record(trainer), finished=_iso(end),
                     wall_s=round(end - self.started, 3))
 
-    @rank_zero_only
     def write(self) -> None:
-        atomic_write_json(self.path, self.data)
+        """Write the file (on the global rank zero process only)."""
+        from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+        if getattr(rank_zero_only, "rank", 0) == 0:
+            atomic_write_json(self.path, self.data)
 
 
 def _iso(stamp: float) -> str:
