@@ -170,7 +170,9 @@ def test_readme_api_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     image = sorted((run.parent / "data" / "tile" / "test" / "square").glob("*.png"))[0]
     code = re.sub(r'load\("[^"]*"', f'load("{run}"', code)
     code = re.sub(r'read_image\("[^"]*"\)', f'read_image("{image}")', code)
+    code = re.sub(r'category="[^"]*"', 'category="tile"', code)
     code = re.sub(r'detector\("[^"]*"\)', f'detector("{image}")', code)
     exec(compile(code, "README.md", "exec"), {})
     printed = capsys.readouterr().out
     assert "anomalous" in printed or "normal" in printed
+

@@ -109,6 +109,9 @@ def load(path: str | Path, category: str | None = None, threshold: float | None 
                               "config inside); give a checkpoint of a training run of this project.")
     model = load_method(checkpoint)
     categories = list(payload.get("anomaly_categories") or [])
+    if category is not None and categories and category not in categories:
+        raise ConfigError(f"category={category} is not a category of ckpt_path={checkpoint} "
+                          f"({', '.join(categories)}); pass one of them.")
     category = category or (categories[0] if len(categories) == 1 else None)
     source = resolve_source(payload, threshold_source, checkpoint)
     entry = stored(payload, source)
