@@ -1,0 +1,195 @@
+"""RealNet (Zhang, Xu & Zhou, CVPR 2024): feature reconstruction learned from synthetic anomalies."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from anomaly.models.base import AnomalyModule, build_block
+from anomaly.nn.backbone import FeatureExtractor
+from anomaly.nn.realnet import RealNetConfigError, RealNetModel
+
+log = logging.getLogger(__name__)
+
+
+def input_size(datamodule: Any) -> tuple[int, int] | None:
+    """(H, W) of the images the data module serves (its crop, else its resize), if it says."""
+    size = getattr(datamodule, "crop_size", None) or getattr(datamodule, "image_size", None)
+    if size is None:
+        return None
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+class RealNet(AnomalyModule):
+    """RealNet: frozen backbone, AFS-kept channels, one reconstruction UNet per layer, RRS segmentation head.
+
+    Before the first training step, AFS scores every channel over ``afs_batches`` batches of training
+    images that all carry a synthetic anomaly (``anomaly.nn.realnet.afs``) and keeps ``k`` per layer;
+    scores and indices are buffers, so a checkpoint evaluates with the same channels. Training loss:
+    ``seg_weight · CE(logits, mask) + mse_weight · Σ_layers MSE(R(F(anomalous)), F(source))`` with the
+    batch's ``source`` the normal image the anomaly was pasted on. Map: p(anomalous) at the input size;
+    score: max of the ``pool_size`` average-pooled map.
+
+    Args:
+        backbone: frozen feature extractor (``model.backbone.*`` node, or a module); RealNet: WRN50 layer1–4.
+        k: kept channels per backbone layer (RealNet: 256, 512, 512, 256).
+        selection: ``afs`` or ``random`` (the same number of channels, drawn with ``selection_seed``).
+        afs_batches: synthetic batches AFS averages over (RealNet: 64).
+        width_ratio, channel_mult, num_res_blocks, attention_levels: the reconstruction UNets.
+        k_max, k_mean, num_residual_layers: RRS (RealNet: 256, 256, 2).
+        pool_size: average-pool side of the image score (RealNet: 16 at 256 px).
+        normalize: divide each layer's kept features by their RMS over the normal source images of the
+            AFS batches (a stored constant per layer). Not in the paper, whose WRN50 features have an RMS
+            near 1: the default for backbones whose features are far larger (EfficientNet-Lite0 ≈ 10);
+            ``false`` feeds raw features as the paper.
+        seg_weight, mse_weight: loss weights (1, 1).
+        lr, betas: Adam (RealNet: 1e-4, (0.9, 0.999)).
+        **kwargs: ``AnomalyModule`` options (evaluator, calibrate).
+    """
+
+    def __init__(
+        self,
+        backbone: FeatureExtractor | Mapping[str, Any],
+        k: Sequence[int] = (256, 512, 512, 256),
+        selection: str = "afs",
+        selection_seed: int = 0,
+        afs_batches: int = 64,
+        width_ratio: float = 0.5,
+        channel_mult: Sequence[int] = (1, 2, 4),
+        num_res_blocks: int = 2,
+        attention_levels: Sequence[int] = (2, 4),
+        k_max: int = 256,
+        k_mean: int = 256,
+        num_residual_layers: int = 2,
+        pool_size: int = 16,
+        normalize: bool = False,
+        seg_weight: float = 1.0,
+        mse_weight: float = 1.0,
+        lr: float = 1e-4,
+        betas: Sequence[float] = (0.9, 0.999),
+        **kwargs: Any,
+    ) -> None:
+        if int(afs_batches) < 1:
+            raise RealNetConfigError(f"model.afs_batches={afs_batches} must be at least 1.")
+        block = backbone if isinstance(backbone, nn.Module) else None
+        if isinstance(backbone, FeatureExtractor):
+            backbone = backbone.spec()  # saved as plain data; its weights are in the state dict
+        super().__init__(**kwargs)
+        block = block if block is not None else build_block(backbone)
+        self.model = RealNetModel(block, list(k), selection, selection_seed, width_ratio, list(channel_mult),
+                                  num_res_blocks, list(attention_levels), k_max, k_mean, num_residual_layers,
+                                  pool_size)
+        self.afs_seconds: float | None = None
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model(image)
+
+    def finish_map(self, raw_map: Tensor) -> tuple[Tensor, Tensor]:
+        """A (calibrated) map and its pooled-max score."""
+        return raw_map, self.model.score(raw_map)
+
+    # -- before training ----------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Refuse runs RealNet cannot learn from (no synthesis, a size the UNets cannot halve); fill an
+        SDAS bank that is missing or short here, in the main process."""
+        super().setup(stage)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is None:
+            return
+        size = input_size(datamodule)
+        if size is not None:
+            option = "data.crop_size" if getattr(datamodule, "crop_size", None) else "data.image_size"
+            self.model.check_image_size(*size, option=option)
+        if stage != "fit":
+            return
+        synthesis = getattr(datamodule, "synthesis", None)
+        if synthesis is None:
+            raise RealNetConfigError(
+                "RealNet learns from synthetic anomalies and cannot train with synthesis=none; set synthesis=perlin, "
+                "synthesis=cutpaste or synthesis=sdas.")
+        prepare = getattr(synthesis, "prepare", None)
+        if callable(prepare):
+            prepare(self.categories)
+
+    def on_fit_start(self) -> None:
+        """Run AFS (and fit ``normalize``'s scales) once; a resumed or loaded model keeps its channels."""
+        selection, model = self.model.selection, self.model
+        run_afs = selection.selection == "afs" and not bool(selection.fitted)
+        run_scale = bool(self.hparams.normalize) and not bool(model.scale_fitted)
+        if not (run_afs or run_scale):
+            return
+        start = time.perf_counter()
+        batches = int(self.hparams.afs_batches)
+        squares = [torch.zeros(c, device=self.device, dtype=torch.float64) for c in selection.channels]
+        count = torch.zeros((), device=self.device, dtype=torch.float64)
+        for batch in itertools.islice(self._anomalous_batches(), batches):
+            image, source = batch["image"].to(self.device), batch["source"].to(self.device)
+            with torch.no_grad():
+                features = model.backbone(torch.cat([image, source]))
+            layers = [features[layer].float() for layer in model.backbone.layers]
+            n = image.shape[0]
+            if run_afs:
+                selection.accumulate([f[:n] for f in layers], [f[n:] for f in layers], batch["mask"].to(self.device))
+            for total, f in zip(squares, layers, strict=True):
+                total += f[n:].double().pow(2).mean((2, 3)).sum(0)
+            count += n
+        reduce = self.trainer.strategy.reduce if self.trainer.world_size > 1 else (lambda t, reduce_op: t)
+        if run_afs:
+            selection.finish([reduce(selection.scores(i), reduce_op="mean") for i in range(len(selection.k))])
+        if run_scale:
+            for i, total in enumerate(squares):
+                mean_square = reduce(total, reduce_op="sum") / reduce(count, reduce_op="sum")
+                model.feature_scale[i] = mean_square[selection.indices(i)].mean().sqrt().float().clamp_min(1e-6)
+            model.scale_fitted.fill_(True)
+        self.afs_seconds = time.perf_counter() - start
+        log.info("AFS: %d synthetic batches in %.1f s; kept %s channels of %s; feature scales %s.", batches,
+                 self.afs_seconds, selection.k, list(model.backbone.layers),
+                 [round(float(v), 3) for v in model.feature_scale])
+
+    def _anomalous_batches(self) -> Iterator[dict[str, Any]]:
+        """Training batches in which every image carries a synthetic anomaly (as the official AFS), repeated."""
+        datamodule = self.trainer.datamodule
+        dataset = datamodule.dataset("train")
+        always = copy.copy(dataset.synthesis)
+        always.normal_probability = 0.0
+        dataset.synthesis = always
+        loader = DataLoader(dataset, batch_size=datamodule.batch_size, shuffle=True, num_workers=datamodule.num_workers,
+                            generator=torch.Generator().manual_seed(int(torch.initial_seed()) % 2**63))
+        while True:
+            yield from loader
+
+    # -- training -----------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        image, mask, source = batch["image"], batch["mask"], batch.get("source")
+        if source is None:
+            raise RealNetConfigError("RealNet's training batches need their normal `source` images: train with "
+                                     "synthesis=perlin, synthesis=cutpaste or synthesis=sdas.")
+        n = image.shape[0]
+        features = self.model.kept_features(torch.cat([image, source]))
+        anomalous, normal = [f[:n] for f in features], [f[n:] for f in features]
+        reconstruction = self.model.reconstruct(anomalous)
+        logits = self.model.logits(reconstruction.residuals, tuple(image.shape[-2:]))
+        seg = F.cross_entropy(logits.float(), mask[:, 0].long())
+        mse = torch.stack([F.mse_loss(r.float(), f) for r, f in zip(reconstruction.reconstructions, normal,
+                                                                    strict=True)]).sum()
+        loss = float(self.hparams.seg_weight) * seg + float(self.hparams.mse_weight) * mse
+        self.log_dict({"train/seg": seg, "train/mse": mse}, batch_size=n)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = itertools.chain(self.model.unets.parameters(), self.model.rrs.parameters())
+        return torch.optim.Adam(params, lr=float(self.hparams.lr), betas=tuple(self.hparams.betas))
+
+    def restore_overrides(self) -> dict[str, Any]:
+        """The backbone's weights are in the checkpoint: do not re-read them."""
+        return {"backbone": {"weights": "none"}}
