@@ -13,7 +13,7 @@ import numpy as np
 from anomaly.config.check import ConfigError
 from anomaly.deploy.preprocess import Preprocess
 from anomaly.deploy.runtimes import FORMATS, Runtime, TorchRuntime, exported_runtime
-from anomaly.deploy.sources import ensure_thresholds, resolve_source
+from anomaly.deploy.sources import ensure_thresholds, resolve_source, run_datamodule
 from anomaly.deploy.thresholds import SOURCES, Thresholds, pick, stored
 from anomaly.engine.checkpoints import CheckpointError, load_method, method_of, read_checkpoint
 from anomaly.engine.run import selected_checkpoints
@@ -108,6 +108,8 @@ def load(path: str | Path, category: str | None = None, threshold: float | None 
         raise CheckpointError(f"ckpt_path={checkpoint} was not written by anomaly.train (no anomaly method or run "
                               "config inside); give a checkpoint of a training run of this project.")
     model = load_method(checkpoint)
+    if model.calibration is not None:  # model.calibrate=true: per-pixel statistics of the run's normal images
+        model.fit_calibration(run_datamodule(payload, checkpoint).normal_train_dataloader())
     categories = list(payload.get("anomaly_categories") or [])
     if category is not None and categories and category not in categories:
         raise ConfigError(f"category={category} is not a category of ckpt_path={checkpoint} "

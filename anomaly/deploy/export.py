@@ -34,9 +34,9 @@ PARITY = 1e-4
 NOT_EXPORTABLE = {
     "anomaly.models.flow.FlowDetector": "its anomaly map is the gradient of the score with respect to the input "
     "image, and ONNX, OpenVINO and TorchScript graphs hold no autograd",
-    "anomaly.models.diad.DiAD": "its score depends on each image's category (class-conditioned denoiser and "
-    "per-category map calibration), which an image-only graph does not take, so predict runs its checkpoint "
-    "in PyTorch",
+    "anomaly.models.diad.DiAD": "its DDIM start noise comes from torch's generator seeded with a CRC32 of each "
+    "image's bytes (so a score never depends on its batch), which no ONNX/OpenVINO graph can reproduce — a traced "
+    "graph would freeze the example image's noise — so predict runs its checkpoint in PyTorch",
 }
 
 
