@@ -96,8 +96,10 @@ class FewShotDataset(Dataset):
 
 
 def is_real_anomaly(batch: dict[str, Any]) -> torch.Tensor:
-    """B booleans: which training samples are real (few-shot) anomalies, not normal images."""
-    return torch.tensor([d != "good" for d in batch["defect"]], dtype=torch.bool, device=batch["image"].device)
+    """B booleans: which training samples are real (few-shot) anomalies, not normal images (none when the
+    batch names no defects)."""
+    defects = batch.get("defect") or ["good"] * batch["image"].shape[0]
+    return torch.tensor([d != "good" for d in defects], dtype=torch.bool, device=batch["image"].device)
 
 
 class FewShotListing(L.Callback):

@@ -39,6 +39,8 @@ class FlowDetector(AnomalyModule):
         train_views: rotated copies of each training image per step (DifferNet: 4).
         n_views, view_rotation, view_brightness, view_seed: the test views.
         mean, std: data normalisation (for brightness changes); sigma: map blur in pixels.
+        cells: 1 = global average pooling (the paper); g > 1 = a g×g grid of cells scored by the same
+            flow, the image's score the worst cell (``FlowDensityModel``; not in the paper).
         lr, betas, eps, weight_decay: Adam.
         pretrained: the contrastively pre-trained extractor (``model=contrastive_backbone``): its run folder
             (``checkpoints/<category>/best.ckpt`` is taken per category, else ``last.ckpt``) or one
@@ -71,6 +73,7 @@ class FlowDetector(AnomalyModule):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         pretrained: str | None = None,
+        cells: int = 1,
         **kwargs: Any,
     ) -> None:
         check_clamp(clamp)  # before anything is built or read
@@ -82,7 +85,7 @@ class FlowDetector(AnomalyModule):
         dim = FlowDensityModel.feature_dim(block.channels.values(), scales)
         flow = Flow(dim, kind, n_blocks, list(hidden), clamp, depth, dropout, flow_seed)
         self.model = FlowDensityModel(block, flow, scales, n_views, view_rotation, view_brightness, view_seed,
-                                      mean, std, sigma)
+                                      mean, std, sigma, cells)
         self.rotation, self.train_views = float(rotation), max(1, int(train_views))
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
@@ -110,7 +113,7 @@ class FlowDetector(AnomalyModule):
         with torch.no_grad():
             angles = (torch.rand(images.shape[0], device=images.device) * 2 - 1) * self.rotation
             features = self.model.embed(self.model.rotate(images, angles))
-        loss = self.model.flow.nll(features).mean()
+        loss = self.model.flow.nll(features.reshape(-1, features.shape[-1])).mean()  # every cell a sample
         self.log("train/nll", loss, prog_bar=True, batch_size=images.shape[0])
         return loss
 

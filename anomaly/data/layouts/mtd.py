@@ -30,12 +30,16 @@ class MTDLayout:
         train_ratio: fraction of the ``MT_Free`` images used for training (the rest are good test
             images); every defect image is a test image.
         seed: seed of the split; it depends only on the file names, not on listing order.
+        train_list: DifferNet's protocol instead of a seeded ratio — a text file of ``MT_Free`` image
+            names, one a line (marco-rudolph/differnet's ``mtd_train_filenames.txt``, 761 of the 952):
+            those train, the other free images are good test images.
     """
 
-    def __init__(self, train_ratio: float = 0.8, seed: int = 0) -> None:
+    def __init__(self, train_ratio: float = 0.8, seed: int = 0, train_list: str | Path | None = None) -> None:
         check_ratio("train_ratio", train_ratio)
         self.train_ratio = float(train_ratio)
         self.seed = int(seed)
+        self.train_list = None if train_list in (None, "") else Path(train_list).expanduser()
 
     def categories(self, root: Path) -> list[str]:
         """``["magnetic_tile"]`` once the root holds ``MT_Free/Imgs``."""
@@ -72,7 +76,30 @@ class MTDLayout:
 
     def _split(self, root: Path) -> tuple[list[str], list[str]]:
         names = [image.relative_to(root).as_posix() for image in self._free_images(root)]
-        return seeded_split(names, self.train_ratio, self.seed)
+        if self.train_list is None:
+            return seeded_split(names, self.train_ratio, self.seed)
+        listed = self._listed_names()
+        free = {Path(name).name: name for name in names}
+        unknown = sorted(set(listed) - set(free))
+        if unknown:
+            raise DataError(
+                f"data.layout.train_list={self.train_list} names {len(unknown)} image(s) not in {root / FREE}/Imgs "
+                f"(e.g. {unknown[0]}); give the list of this MTD copy's MT_Free images."
+            )
+        train = sorted(free[name] for name in set(listed))
+        return train, sorted(set(names) - set(train))
+
+    def _listed_names(self) -> list[str]:
+        assert self.train_list is not None
+        if not self.train_list.is_file():
+            raise DataError(
+                f"data.layout.train_list={self.train_list} is not a file; give DifferNet's mtd_train_filenames.txt "
+                "(one MT_Free image name a line) or null for the seeded train_ratio split."
+            )
+        listed = [line.strip() for line in self.train_list.read_text().splitlines() if line.strip()]
+        if not listed:
+            raise DataError(f"data.layout.train_list={self.train_list} is empty; list one MT_Free image name a line.")
+        return listed
 
     def _free_images(self, root: Path) -> list[Path]:
         path = check_root(root, HOLDING)

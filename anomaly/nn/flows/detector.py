@@ -27,6 +27,10 @@ class FlowDensityModel(nn.Module):
             range (1 ± b); drawn once from ``view_seed`` so scores are deterministic.
         mean, std: the data's normalisation (brightness changes act on the un-normalised image).
         sigma: Gaussian blur of the gradient map, in pixels of the input.
+        cells: spatial pooling. 1 (the paper, DifferNet): every layer's map global-average-pooled, one
+            vector per image. g > 1 (locality-preserving, not in the paper): average-pooled to a g×g grid
+            of cells, each cell's vector a sample of the same flow; the image's −log p is the maximum
+            over its cells, so a small defect is not averaged away by the rest of the image.
     """
 
     def __init__(
@@ -41,8 +45,12 @@ class FlowDensityModel(nn.Module):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         sigma: float = 4.0,
+        cells: int = 1,
     ) -> None:
         super().__init__()
+        if int(cells) < 1:
+            raise FlowInputError(f"model.cells={cells} must be at least 1 (1 = global average pooling, the paper).")
+        self.cells = int(cells)
         self.backbone, self.flow = backbone, flow
         self.scales = [int(s) for s in scales]
         if int(n_views) < 1:
@@ -62,13 +70,23 @@ class FlowDensityModel(nn.Module):
         return len(scales) * sum(int(c) for c in channels)
 
     def embed(self, image: Tensor) -> Tensor:
-        """B×D pooled features: for every scale, every backbone layer's global average."""
+        """Pooled features: for every scale, every backbone layer's global average (B×D), or with
+        ``cells`` > 1 its average over each of the g×g cells (B×g²×D)."""
         pooled = []
         for side in self.scales:
             x = image if tuple(image.shape[-2:]) == (side, side) else F.interpolate(
                 image, size=(side, side), mode="bilinear", align_corners=False, antialias=side < image.shape[-1])
-            pooled += [f.mean(dim=(2, 3)) for f in self.backbone(x).values()]
-        return torch.cat(pooled, dim=1)
+            if self.cells == 1:
+                pooled += [f.mean(dim=(2, 3)) for f in self.backbone(x).values()]
+            else:
+                pooled += [F.adaptive_avg_pool2d(f, self.cells).flatten(2) for f in self.backbone(x).values()]
+        return torch.cat(pooled, dim=1) if self.cells == 1 else torch.cat(pooled, dim=1).transpose(1, 2)
+
+    def features_nll(self, features: Tensor) -> Tensor:
+        """Per-dimension −log p of ``embed``'s output, B: per cell, then the maximum over the cells."""
+        if features.dim() == 2:
+            return self.flow.nll(features)
+        return self.flow.nll(features.reshape(-1, features.shape[-1])).view(features.shape[0], -1).amax(1)
 
     @staticmethod
     def rotate(image: Tensor, degrees: Tensor) -> Tensor:
@@ -86,7 +104,7 @@ class FlowDensityModel(nn.Module):
 
     def nll(self, image: Tensor) -> Tensor:
         """Per-dimension −log p (without the constant) of each image's features, B."""
-        return self.flow.nll(self.embed(image))
+        return self.features_nll(self.embed(image))
 
     def score_views(self, image: Tensor) -> Tensor:
         """Mean per-dimension −log p over the ``n_views`` views, B."""
