@@ -21,6 +21,25 @@ from anomaly.conf import CONF_DIR
 from anomaly.config.check import ConfigError, check_override_keys
 
 INTERNAL_GROUPS = {"base", "hydra", "__pycache__"}
+# Options served by a Hydra plugin package: (group, option or "*") -> (its module, the package to install).
+_OPTUNA = ("hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper")
+_SUBMITIT = ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher")
+PLUGINS = {
+    ("hydra/launcher", "joblib"): ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher"),
+    ("hydra/launcher", "submitit_slurm"): _SUBMITIT, ("hydra/launcher", "submitit_local"): _SUBMITIT,
+    ("hydra/launcher", "slurm"): _SUBMITIT,
+    ("hydra/sweeper", "optuna"): _OPTUNA, ("hydra/sweeper", "optuna_sqlite"): _OPTUNA, ("hparams_search", "*"): _OPTUNA,
+}
+
+
+def check_plugin(group: str, choice: str) -> None:
+    """Raise ``ConfigError`` naming the package when ``group=choice`` needs a Hydra plugin that is not installed."""
+    import importlib.util
+
+    needed = PLUGINS.get((group, choice)) or (PLUGINS.get((group, "*")) if choice not in ("null", "") else None)
+    if needed and importlib.util.find_spec(needed[0]) is None:
+        raise ConfigError(f"{group}={choice} needs the Hydra plugin package {needed[1]}, which is not installed; "
+                          f"pip install {needed[1]} (pinned in pyproject.toml: pip install -e .).")
 
 
 def user_config_dirs(argv: Sequence[str]) -> list[Path]:
@@ -76,6 +95,8 @@ def precheck(config_name: str, argv: Sequence[str]) -> None:
             continue
         key, value = arg.split("=", 1)
         bare = key.lstrip("+~")
+        for choice in value.split(","):
+            check_plugin(bare.split("@", 1)[0], choice.strip())
         if bare.startswith("hydra"):
             continue
         group = bare.split("@", 1)[0]

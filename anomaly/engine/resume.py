@@ -15,8 +15,9 @@ from typing import Any
 from anomaly.config.check import ConfigError
 from anomaly.engine.manifest import MANIFEST
 
-# Keys that may differ between the first run and its resume without changing what was computed.
-IGNORED = ("resume",)
+# Keys that may differ between the first run and its resume without changing what was computed: the flag
+# itself, and where things live (a sweep folder moved elsewhere still resumes; its data is fingerprinted).
+IGNORED = ("resume", "paths")
 
 
 def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -47,6 +48,8 @@ def finished_metrics(output_dir: Path, config: dict[str, Any]) -> dict[str, floa
     if not manifest.is_file():
         return None
     old = json.loads(manifest.read_text()).get("config") or {}
+    old_dir = str((old.get("paths") or {}).get("output_dir") or output_dir)
+    old = _relocated(old, old_dir, str((config.get("paths") or {}).get("output_dir") or output_dir))
     changed = differences(old, config)
     if changed:
         shown = ", ".join(f"{k} ({_get(old, k)!r} -> {_get(config, k)!r})" for k in changed[:5])
@@ -68,6 +71,17 @@ def flat_metrics(results: dict[str, Any]) -> dict[str, float | None]:
             for name, value in (values or {}).items():
                 flat[f"{stage}/{group}/{name}"] = value
     return flat
+
+
+def _relocated(config: Any, old: str, new: str) -> Any:
+    """``config`` with paths inside the run folder ``old`` moved to ``new`` (a sweep folder copied or moved)."""
+    if isinstance(config, dict):
+        return {k: _relocated(v, old, new) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_relocated(v, old, new) for v in config]
+    if isinstance(config, str) and old != new and (config == old or config.startswith(old.rstrip("/") + "/")):
+        return new + config[len(old):]
+    return config
 
 
 class _Missing:

@@ -13,6 +13,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from anomaly.callbacks.ddp_strategy import end_job_processes
 from anomaly.callbacks.heatmaps import HeatmapWriter
 from anomaly.config.check import check_targets, to_plain
 from anomaly.engine.build import (
@@ -149,6 +150,7 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         print_table(testing.per_category, testing.summary(),
                     title=f"{cfg.model._target_.rsplit('.', 1)[-1]} — test — {output_dir}")
     manifest.finish(timing, trainer)
+    end_job_processes()
     metrics = {**validation.flat("val"), **testing.flat("test")}
     return metrics, {"model": model, "trainer": trainer, "datamodule": datamodule}
 
