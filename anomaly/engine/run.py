@@ -136,7 +136,7 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         if unit != units[-1]:
             finish_loggers(loggers)
     if len(units) > 1 and testing.per_category:  # the last unit's logger also gets every category and the mean
-        log_results(loggers, {**testing.per_category, **testing.summary()}, curves, key="test/all_categories")
+        log_results(loggers, {**testing.per_category, **testing.summary()}, {}, key="test/all_categories")
     finish_loggers(loggers)
     if testing.per_category and (trainer is None or trainer.is_global_zero):
         write_curves(output_dir / "curves.json", curves)
