@@ -72,14 +72,16 @@ def _plots(runs: Sequence[Run], parameters: Sequence[str], metrics: Sequence[str
     from anomaly.reporting.plots import bar_figure, curve_figure, parameter_figure, save
 
     figures = []
-    categories = sorted({c for run in runs for c in run.curves if c in run.categories or c == "pooled"})
-    for category in categories:
+    for category in sorted({c for run in runs for c in run.categories}):
         lines: dict[str, Any] = {}
-        for run in runs:
+        for run in (r for r in runs if category in r.categories):
             label = _label(run, parameters)
-            if category in run.curves and label not in lines and len(lines) < MAX_CURVES:
-                lines[label] = run.curves[category]
-        figures.append(save(curve_figure(category, lines), where / f"curves_{category}.png"))
+            if label not in lines and len(lines) < MAX_CURVES:
+                found = run.curves().get(category)
+                if found:
+                    lines[label] = found
+        if lines:
+            figures.append(save(curve_figure(category, lines), where / f"curves_{category}.png"))
     for parameter in parameters:
         points = {m: [(run.overrides.get(parameter, ""), _mean(run, m)) for run in runs if _mean(run, m) is not None]
                   for m in metrics}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,11 @@ class Run:
     categories: dict[str, dict[str, float | None]]
     mean: dict[str, float | None]
     timing: dict[str, dict[str, float]]
-    curves: dict[str, Any] = field(default_factory=dict)
+
+    def curves(self) -> dict[str, Any]:
+        """The run's ``curves.json`` (read on each call, not kept: a report holds only the curves it plots)."""
+        path = self.folder / "curves.json"
+        return _load(path) if path.is_file() else {}
 
     def times(self, category: str) -> tuple[float | None, float | None]:
         """Fit and test seconds of the unit that covered ``category`` (its own, or the unified one)."""
@@ -75,11 +79,10 @@ def read_run(folder: Path) -> Run:
     data = choices.get("data") or Path(str((config.get("data") or {}).get("root", "?"))).name
     if choices.get("experiment"):
         method = f"{method} ({choices['experiment']})"
-    curves = _load(folder / "curves.json") if (folder / "curves.json").is_file() else {}
     return Run(folder=folder, method=method, data=data, setting=str(metrics.get("setting", "?")),
                seed=metrics.get("seed", config.get("seed")), overrides=_overrides(manifest.get("overrides", [])),
                categories=metrics["categories"], mean=metrics.get("mean") or {},
-               timing=metrics.get("timing") or {}, curves=curves)
+               timing=metrics.get("timing") or {})
 
 
 def swept_parameters(runs: list[Run]) -> list[str]:
