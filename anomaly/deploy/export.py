@@ -1,7 +1,8 @@
 """Export a checkpoint's pure inference (``forward(image) -> (anomaly_map, score)``) to ONNX, OpenVINO or
 TorchScript, with its preprocessing and thresholds in a JSON file beside it.
 
-Generic over ``forward``: any method whose forward is its whole inference exports (PaDiM today).
+Generic over ``forward``: any method whose forward is its whole inference exports (PaDiM; RealNet through
+torch.export, checked on an untrained model).
 After writing, the exported model is run on a batch and compared with the checkpoint's own
 ``evaluate_batch``; a graph that does not reproduce it (tolerance ``PARITY``) is deleted and refused.
 """
@@ -106,11 +107,29 @@ def export_checkpoint(checkpoint: Path, fmt: str, output: Path | None = None, th
 
 
 def _to_onnx(model: AnomalyModule, example: torch.Tensor, output: Path, opset: int) -> None:
+    """torch's TorchScript-based ONNX exporter (fast; torch.export cannot take PaDiM's data-dependent "is it
+    fitted" check), else torch.export (``dynamo=True``: graphs whose shapes the tracer loses, e.g. RealNet's)."""
     require("onnx", "export", "format=onnx")
-    axes = {"image": {0: "batch"}, "anomaly_map": {0: "batch"}, "score": {0: "batch"}}
-    # The TorchScript-based exporter: torch.export cannot take PaDiM's data-dependent "is it fitted" check.
-    model.to_onnx(str(output), example, input_names=["image"], output_names=["anomaly_map", "score"],
-                  dynamic_axes=axes, opset_version=opset, dynamo=False)
+    require("onnxscript", "export", "format=onnx")
+    names = {"input_names": ["image"], "output_names": ["anomaly_map", "score"]}
+    example = example.expand(2, *example.shape[1:]).contiguous()  # a batch of 2: the batch axis stays dynamic
+    try:
+        axes = {"image": {0: "batch"}, "anomaly_map": {0: "batch"}, "score": {0: "batch"}}
+        model.to_onnx(str(output), example, **names, dynamic_axes=axes, opset_version=opset, dynamo=False)
+    except Exception as first:  # noqa: BLE001 - the TorchScript exporter raises many types; torch.export decides
+        try:
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            model.to_onnx(str(output), example, **names, dynamic_shapes={"image": {0: batch}},
+                          opset_version=max(opset, 18), dynamo=True)
+        except Exception as second:  # noqa: BLE001
+            raise ConfigError(
+                f"{type(model).__name__}'s forward(image) cannot be exported to ONNX (TorchScript exporter: "
+                f"{_first_line(first)}; torch.export: {_first_line(second)})."
+            ) from second
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 def _to_openvino(model: AnomalyModule, example: torch.Tensor, output: Path, opset: int) -> None:
