@@ -7,7 +7,7 @@ and OpenVINO): the machine is shared. Timed: file → decision for every test im
 ``TorchInferencer.predict``, which takes one image) and, for ours, batches of 8 (``anomaly.predict``'s
 default). The run's thresholds are computed (and stored in its checkpoint) before timing starts.
 
-    .venv/bin/python bench/predict.py                 # trains the 256² PaDiM run once into .bench-runs/
+    .venv/bin/python bench/predict.py                 # trains the 256² PaDiM run once into outputs/bench-runs/
     .venv/bin/python bench/predict.py --paths torch onnx --category wood
 
 anomalib is a bench-only dependency (``make bench-deps`` puts it in .bench-deps/, never in .venv).
@@ -28,7 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_DEPS = REPO / ".bench-deps"
-RUNS = REPO / ".bench-runs"
+RUNS = REPO / "outputs" / "bench-runs"  # ignored by git, like every run
 LAYERS = ["blocks.1", "blocks.2", "blocks.4"]
 PATHS = ("torch", "onnx", "openvino", "anomalib")
 
