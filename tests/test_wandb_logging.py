@@ -1,4 +1,4 @@
-"""logger=wandb offline: what lands in the run folder, read back from W&B's own files.
+"""logger=wandb offline (and logger=tensorboard): what lands in the run folder, read back from the loggers' own files.
 
 The ``.wandb`` file is W&B's record log (LevelDB log framing of ``wandb_internal_pb2.Record``
 protobufs; wandb 0.31 ships no Python reader, so the framing is unpacked here and the records are
@@ -107,3 +107,24 @@ def test_report_table_joins_the_runs_group(wandb_run: Path) -> None:
     table = json.loads(next((folder / "files/media/table/report").glob("rows_*.table.json")).read_text())
     assert [row[table["columns"].index("category")] for row in table["data"]] == [*CATEGORIES, "mean"]
     assert list((folder / "files/media/images/report/plots").glob("curves_capsule_*.png"))
+
+
+def test_tensorboard_gets_the_same_scalars_and_images(synthetic_root: Path, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from anomaly.train import main
+
+    GlobalHydra.instance().clear()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ANOMALY_ROOT", str(tmp_path))
+        patch.setattr(sys, "argv", ["anomaly.train", "logger=tensorboard", f"data.root={synthetic_root}",
+                                    "data.category=capsule", "data.image_size=64", "data.crop_size=null",
+                                    "data.num_workers=0", "data.prepare=null", "callbacks.heatmaps.n_images=2",
+                                    f"hydra.run.dir={tmp_path / 'run'}"])
+        main()
+    GlobalHydra.instance().clear()
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["categories"]["capsule"]
+    assert events.Scalars("test/capsule/pixel_aupro")[-1].value == pytest.approx(metrics["pixel_aupro"], rel=1e-6)
+    assert {"heatmaps/capsule", "curves/capsule"} <= set(events.Tags()["images"])
