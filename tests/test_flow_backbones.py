@@ -99,3 +99,18 @@ def test_mtd_with_differnet_s_training_list_feeds_a_flow(tmp_path: Path) -> None
         MTDLayout(train_list=tmp_path / "bad.txt").records(root, "magnetic_tile", "train")
     with pytest.raises(DataError, match="train_list=.*missing.txt is not a file"):
         MTDLayout(train_list=tmp_path / "missing.txt").records(root, "magnetic_tile", "train")
+
+
+@pytest.mark.parametrize("experiment", ["cdflow_mvtec", "differnet_mvtec"])
+def test_paper_presets_read_768_alexnet_features(experiment: str) -> None:
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from anomaly.nn.flows.detector import FlowDensityModel
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module("anomaly.conf", version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}", "model.backbone.weights=none"])
+    assert cfg.model.backbone.name == "torchvision:alexnet" and cfg.model.cells == 1
+    fx = FeatureExtractor(cfg.model.backbone.name, list(cfg.model.backbone.layers), cfg.model.backbone.weights)
+    assert FlowDensityModel.feature_dim(fx.channels.values(), cfg.model.scales) == 768  # the paper's 3 × 256
