@@ -25,6 +25,7 @@ class Run:
     overrides: dict[str, str]
     categories: dict[str, dict[str, float | None]]
     mean: dict[str, float | None]
+    pooled: dict[str, float | None]
     timing: dict[str, dict[str, float]]
 
     def curves(self) -> dict[str, Any]:
@@ -82,6 +83,7 @@ def read_run(folder: Path) -> Run:
     return Run(folder=folder, method=method, data=data, setting=str(metrics.get("setting", "?")),
                seed=metrics.get("seed", config.get("seed")), overrides=_overrides(manifest.get("overrides", [])),
                categories=metrics["categories"], mean=metrics.get("mean") or {},
+               pooled=metrics.get("pooled") or {},
                timing=metrics.get("timing") or {})
 
 

@@ -16,14 +16,17 @@ KEYS = ("method", "data", "setting", "category")
 
 
 def run_rows(runs: Sequence[Run], parameters: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per run and category (plus the run's mean when it covers several categories)."""
+    """One row per run and category (plus the run's mean when it covers several categories, and the value
+    pooled over them for one unified model)."""
     rows = []
     for run in runs:
         groups = dict(run.categories)
         if len(groups) > 1:
             groups["mean"] = run.mean  # the engine's one mean (anomaly.metrics.mean_over_categories)
+            if run.pooled:
+                groups["pooled"] = run.pooled
         for category, values in groups.items():
-            fit_s, test_s = run.times(category) if category != "mean" else _total(run)
+            fit_s, test_s = run.times(category) if category not in ("mean", "pooled") else _total(run)
             rows.append({"run": run.folder.name, "method": run.method, "data": run.data, "setting": run.setting,
                          "category": category, **{p: run.overrides.get(p, "") for p in parameters},
                          "seed": run.seed, **{m: values.get(m) for m in metric_names(runs)},
