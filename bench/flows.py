@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--views", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--cells", type=int, default=1, help="model.cells of the test model (CPU presets: 4)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -72,10 +73,11 @@ def main() -> None:
     backbone = {"_target_": "anomaly.nn.backbone.FeatureExtractor", "name": "efficientnet_lite0",
                 "layers": ["blocks.4", "blocks.6"], "weights": "none"}
     images = torch.randn(args.images, 3, side, side)
-    print(f"test (score + gradient map), {args.images} images of {side} px, scales {side}/{side * 3 // 4}/{side // 2}:")
+    print(f"test (score + gradient map), {args.images} images of {side} px, scales {side}/{side * 3 // 4}/{side // 2}, "
+          f"cells {args.cells}:")
     for n_views in args.views:
         model = FlowDetector(backbone, kind="dense", n_blocks=3, hidden=[args.width] * 2, depth=args.depth,
-                             scales=[side, side * 3 // 4, side // 2], n_views=n_views).eval()
+                             scales=[side, side * 3 // 4, side // 2], n_views=n_views, cells=args.cells).eval()
         with torch.inference_mode():
             model(images[:1])
             start = time.perf_counter()
