@@ -168,7 +168,9 @@ class RealNet(AnomalyModule):
             yield from loader
 
     # -- training -----------------------------------------------------------------------------------
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def losses(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """``seg``: 2-class cross-entropy of the logits against the synthetic mask; ``mse``: Σ over layers of the
+        MSE between the reconstruction of the anomalous image's features and the normal source's features."""
         image, mask, source = batch["image"], batch["mask"], batch.get("source")
         if source is None:
             raise RealNetConfigError("RealNet's training batches need their normal `source` images: train with "
@@ -181,8 +183,13 @@ class RealNet(AnomalyModule):
         seg = F.cross_entropy(logits.float(), mask[:, 0].long())
         mse = torch.stack([F.mse_loss(r.float(), f) for r, f in zip(reconstruction.reconstructions, normal,
                                                                     strict=True)]).sum()
-        loss = float(self.hparams.seg_weight) * seg + float(self.hparams.mse_weight) * mse
-        self.log_dict({"train/seg": seg, "train/mse": mse}, batch_size=n)
+        return {"seg": seg, "mse": mse}
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        losses = self.losses(batch)
+        loss = float(self.hparams.seg_weight) * losses["seg"] + float(self.hparams.mse_weight) * losses["mse"]
+        n = batch["image"].shape[0]
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=n)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         return loss
 

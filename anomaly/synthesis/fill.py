@@ -51,8 +51,9 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def fill_bank(cfg: DictConfig) -> Bank:
-    """Sample the missing bank entries described by ``cfg`` (see ``conf/synthesize.yaml``)."""
+def fill_bank(cfg: DictConfig, only: Sequence[str] | None = None) -> Bank:
+    """Sample the missing bank entries described by ``cfg`` (see ``conf/synthesize.yaml``); with ``only``,
+    the bank still covers every category of ``cfg`` but only those listed are sampled now."""
     if int(cfg.n_per_class) < 1:
         raise DDPMConfigError(f"n_per_class={cfg.n_per_class} must be at least 1.")
     if int(cfg.batch_size) < 1:
@@ -70,10 +71,11 @@ def fill_bank(cfg: DictConfig) -> Bank:
                             f"resume with the same {key} or choose a new bank_dir.")
     device = _device(cfg.device)
     unet = model.sampling_unet(bool(cfg.use_ema)).to(device).eval()
-    todo = {c: [i for i in range(int(cfg.n_per_class)) if i not in bank.done(c)] for c in categories}
+    wanted = categories if only is None else [c for c in categories if c in set(only)]
+    todo = {c: [i for i in range(int(cfg.n_per_class)) if i not in bank.done(c)] for c in wanted}
     total = sum(len(v) for v in todo.values())
     log.info("Bank %s: %d images to sample (%d already done).", bank.root, total,
-             int(cfg.n_per_class) * len(categories) - total)
+             int(cfg.n_per_class) * len(wanted) - total)
     start, written = time.perf_counter(), 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not cfg.progress) as progress:

@@ -1,0 +1,123 @@
+"""RealNet (model=realnet): learns both losses, its AFS channels survive the checkpoint, re-tests to the same
+metrics, and refuses what it cannot learn from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict, read_write
+
+import anomaly.config.resolvers  # noqa: F401  (the ${anomaly.*} resolvers of the configs)
+from anomaly.conf import CONF_DIR
+
+from anomaly.data.datamodule import AnomalyDataModule
+from anomaly.data.layouts import MVTecLayout
+from anomaly.engine import fit, retest
+from anomaly.models.guards import NonFiniteLossError
+from anomaly.models.realnet import RealNet
+from anomaly.nn.realnet import RealNetConfigError
+from anomaly.nn.realnet.afs import lowest
+
+pytestmark = pytest.mark.one_thread
+BACKBONE = {"_target_": "anomaly.nn.backbone.FeatureExtractor", "name": "efficientnet_lite0",
+            "layers": ["blocks.1", "blocks.2"], "weights": "offline"}
+TINY = ["model.backbone.layers=[blocks.1,blocks.2]", "model.k=[8,16]", "model.k_max=8", "model.k_mean=8",
+        "model.afs_batches=2", "model.pool_size=4"]
+
+
+def tiny(**options) -> RealNet:
+    torch.manual_seed(0)
+    return RealNet(BACKBONE, **{"k": [8, 16], "k_max": 8, "k_mean": 8, "pool_size": 4, "lr": 1e-3, **options})
+
+
+def pasted_batch(n: int = 4, side: int = 32) -> dict:
+    """Normal images with a bright square pasted into half of them (image, source, mask as synthesis gives)."""
+    generator = torch.Generator().manual_seed(0)
+    source = torch.randn(n, 3, side, side, generator=generator) * 0.2
+    image, mask = source.clone(), torch.zeros(n, 1, side, side)
+    for i in range(0, n, 2):
+        y, x = torch.randint(0, side - 12, (2,), generator=generator).tolist()
+        image[i, :, y:y + 12, x:x + 12] = 2.0
+        mask[i, :, y:y + 12, x:x + 12] = 1.0
+    return {"image": image, "source": source, "mask": mask}
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)` but the `self.trainer`:UserWarning")
+def test_a_short_run_lowers_both_losses() -> None:
+    model = tiny(lr=3e-3)
+    model.model.feature_scale.fill_(10.0)  # what normalize=true fits for these layers (RMS about 10)
+    optimizer = model.configure_optimizers()
+    batch = pasted_batch()
+    history = []
+    for step in range(15):
+        losses = model.losses(batch)
+        history.append({k: float(v.detach()) for k, v in losses.items()})
+        optimizer.zero_grad()
+        model.training_step(batch, step).backward()
+        optimizer.step()
+    first, last = history[:3], history[-3:]
+    for key in ("seg", "mse"):
+        before, after = sum(h[key] for h in first) / 3, sum(h[key] for h in last) / 3
+        assert after < 0.7 * before, (key, [round(h[key], 4) for h in history[::4]])
+
+
+def test_a_nan_loss_stops_with_the_shared_guard() -> None:
+    with pytest.raises(NonFiniteLossError, match="RealNet's training loss became nan"):
+        tiny().on_before_backward(torch.tensor(float("nan")))
+
+
+def test_synthesis_none_is_one_sentence(synthetic_root: Path, tmp_path: Path) -> None:
+    data = AnomalyDataModule(synthetic_root, MVTecLayout(), category="wood", image_size=64, num_workers=0)
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)
+    with pytest.raises(RealNetConfigError, match=r"^RealNet learns from synthetic anomalies and cannot train with "
+                                                 r"synthesis=none; set synthesis=perlin, .*\.$"):
+        trainer.fit(tiny(), datamodule=data)
+
+
+def composed(config: str, overrides: list[str], out: Path) -> DictConfig:
+    """A composed entry-point config with the hydra-runtime values a real run has (run folder ``out``)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config, overrides=overrides, return_hydra_config=True)
+    with read_write(cfg), open_dict(cfg):
+        cfg.paths.root_dir, cfg.paths.output_dir, cfg.hydra.runtime.output_dir = str(out), str(out), str(out)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as a running main sees it: hydra's node lives in HydraConfig only
+    return cfg
+
+
+def test_checkpoint_keeps_the_afs_channels_and_evaluate_reproduces_the_metrics(synthetic_root: Path,
+                                                                               tmp_path: Path) -> None:
+    train = composed("train", ["experiment=realnet_cpu", f"data.root={synthetic_root}", "data.category=wood",
+                               "data.prepare=null", "data.image_size=64", "data.num_workers=0", "data.batch_size=8",
+                               *TINY, "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1",
+                               "callbacks.heatmaps.n_images=1", "logger=none", "trainer.enable_progress_bar=false"],
+                     tmp_path / "run")
+    fit(train)
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    payload = torch.load(best, map_location="cpu", weights_only=True)
+    assert payload["hyper_parameters"]["backbone"]["weights"] == "none"
+    loaded = RealNet.load_from_checkpoint(best, weights_only=True)
+    selection = loaded.model.selection
+    assert bool(selection.fitted) and int(selection.batches) == 2
+    for i, k in enumerate([8, 16]):
+        assert torch.equal(selection.indices(i), payload["state_dict"][f"model.selection.indices_{i}"])
+        assert selection.scores(i).abs().sum() > 0 and torch.equal(selection.indices(i), lowest(selection.scores(i), k))
+    assert bool(loaded.model.scale_fitted) and (loaded.model.feature_scale != 1).all()
+
+    retest(composed("eval", [f"ckpt_path={tmp_path / 'run'}", "logger=none", "heatmaps=1",
+                             "trainer.enable_progress_bar=false"], tmp_path / "eval"))
+    first = json.loads((tmp_path / "run" / "metrics.json").read_text())["categories"]
+    second = json.loads((tmp_path / "eval" / "metrics.json").read_text())["categories"]
+    assert second.keys() == first.keys() == {"wood"}
+    for name, value in first["wood"].items():
+        assert second["wood"][name] == pytest.approx(value, abs=1e-6), name

@@ -1,0 +1,43 @@
+"""synthesis=sdas fills a missing or short bank on first use, exactly as `python -m anomaly.synthesize` would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anomaly.synthesis.bank import Bank, BankError
+from anomaly.synthesis.sdas import SDASSynthesis
+from anomaly.synthesize import synthesize
+from tests.test_ddpm import bank_images, ckpt, synth_cfg  # noqa: F401  (ckpt: a tiny DDPM of capsule + wood)
+
+pytestmark = pytest.mark.one_thread
+
+
+def strategy(ckpt: Path, bank: Path, **fill) -> SDASSynthesis:
+    options = {"ckpt_path": str(ckpt), "n_per_class": 3, "batch_size": 2, "progress": False,
+               "sampler": {"method": "ancestral", "num_steps": 2, "s": [0.1, 0.2], "eta": 0.0}, **fill}
+    return SDASSynthesis(bank, resize=True, normal_probability=0.0, fill=options)
+
+
+def test_first_use_fills_the_category_it_needs_as_synthesize_does(ckpt: Path, tmp_path: Path) -> None:  # noqa: F811
+    expected = bank_images(synthesize(synth_cfg(ckpt, tmp_path / "reference")).root)
+    partial = synthesize(synth_cfg(ckpt, tmp_path / "bank", "n_per_class=1"))
+    assert len(partial) == 2  # a short bank (one image per category): the first use resumes it
+    sdas = strategy(ckpt, tmp_path / "bank")
+    image, mask = sdas(np.full((32, 32, 3), 128, np.uint8), np.random.default_rng(0), "capsule")
+    assert mask.any() and image.shape == (32, 32, 3)
+    bank = Bank.open(tmp_path / "bank")
+    assert bank.categories == ["capsule", "wood"] and bank.done("capsule") == {0, 1, 2} and bank.done("wood") == {0}
+    got = bank_images(bank.root)
+    for key, value in got.items():
+        assert np.array_equal(value, expected[key]), key
+    sdas.prepare(["wood"])  # what RealNet calls before training, for every category it trains on
+    assert Bank.open(tmp_path / "bank").done("wood") == {0, 1, 2}
+
+
+def test_a_missing_ddpm_checkpoint_names_the_option(tmp_path: Path) -> None:
+    with pytest.raises(BankError, match=r"^synthesis\.fill\.ckpt_path=\S+none\.ckpt is not a file; give the DDPM "
+                                        r"checkpoint of python -m anomaly\.train experiment=ddpm_cpu"):
+        strategy(tmp_path / "none.ckpt", tmp_path / "bank")
