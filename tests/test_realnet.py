@@ -16,7 +16,6 @@ from omegaconf import DictConfig, open_dict, read_write
 
 import anomaly.config.resolvers  # noqa: F401  (the ${anomaly.*} resolvers of the configs)
 from anomaly.conf import CONF_DIR
-
 from anomaly.data.datamodule import AnomalyDataModule
 from anomaly.data.layouts import MVTecLayout
 from anomaly.engine import fit, retest

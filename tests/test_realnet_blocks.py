@@ -61,7 +61,7 @@ def test_afs_keeps_exactly_k_channels_and_prefers_those_whose_residuals_follow_t
     selection = FeatureSelection(channels, [3, 2])
     for _ in range(3):
         mask = random_mask(generator)
-        layers = [constructed_layer(generator, mask, f, c, s) for f, c, s in zip(follow, channels, sides)]
+        layers = [constructed_layer(generator, mask, f, c, s) for f, c, s in zip(follow, channels, sides, strict=True)]
         selection.accumulate([a for a, _ in layers], [n for _, n in layers], mask)
     selection.finish()
     assert [selection.indices(i).tolist() for i in range(2)] == follow

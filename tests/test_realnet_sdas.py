@@ -15,8 +15,8 @@ from tests.test_ddpm import bank_images, ckpt, synth_cfg  # noqa: F401  (ckpt: a
 pytestmark = pytest.mark.one_thread
 
 
-def strategy(ckpt: Path, bank: Path, **fill) -> SDASSynthesis:
-    options = {"ckpt_path": str(ckpt), "n_per_class": 3, "batch_size": 2, "progress": False,
+def strategy(checkpoint: Path, bank: Path, **fill) -> SDASSynthesis:
+    options = {"ckpt_path": str(checkpoint), "n_per_class": 3, "batch_size": 2, "progress": False,
                "sampler": {"method": "ancestral", "num_steps": 2, "s": [0.1, 0.2], "eta": 0.0}, **fill}
     return SDASSynthesis(bank, resize=True, normal_probability=0.0, fill=options)
 
