@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,6 +42,17 @@ def wandb_records(path: Path) -> Iterator[object]:
             pending = b""
 
 
+def run_records(folder: Path, timeout: float = 60.0) -> list[object]:
+    """The records of the ``.wandb`` file in ``folder``, once W&B's service has written the run record
+    (it writes after ``finish()`` returns on a busy machine)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = list(wandb_records(next(folder.glob("*.wandb"))))
+        if any(r.WhichOneof("record_type") == "run" for r in found) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def wandb_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``python -m anomaly.train logger=wandb`` on two tiny categories (separate: one W&B run each)."""
@@ -64,7 +76,7 @@ def offline_runs(folder: Path) -> dict[str, tuple[Path, list[object]]]:
     """W&B run name -> (its folder, its records)."""
     found = {}
     for run in (folder / "wandb").glob("offline-run-*"):
-        records = list(wandb_records(next(run.glob("*.wandb"))))
+        records = run_records(run)
         name = next(r.run.display_name for r in records if r.WhichOneof("record_type") == "run")
         found[name] = (run, records)
     return found
@@ -101,7 +113,7 @@ def test_report_table_joins_the_runs_group(wandb_run: Path) -> None:
 
     report = make_report(wandb_run, plots=True)
     folder = log_report(report, wandb_run)
-    records = list(wandb_records(next(folder.glob("*.wandb"))))
+    records = run_records(folder)
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert run.run_group == wandb_run.name and run.job_type == "report"
     table = json.loads(next((folder / "files/media/table/report").glob("rows_*.table.json")).read_text())
