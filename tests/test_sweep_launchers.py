@@ -78,3 +78,23 @@ def test_ddp_ranks_of_a_sweep_job_rerun_that_job_into_its_folder(tmp_path: Path)
     assert command[3:] == ["--config-dir", "/my/conf", "model.n_features=16", "seed=2", "hparams_search=padim_optuna",
                            "hydra.searchpath=[file:///my/conf]", f'hydra.run.dir="{tmp_path / "3_padim_synthetic"}"',
                            "hydra.job.name=train_ddp_process_1", "hydra.output_subdir=null", "hydra.mode=RUN"]
+
+
+PRESETS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "anomaly/conf/hparams_search").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_optuna_preset_searches_existing_keys_on_a_validation_metric(preset: str, tmp_path: Path) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    method = preset.removesuffix("_optuna")
+    assert method in {"padim", "diad", "differnet", "cdflow", "realnet"}
+    cfg = composed([f"experiment={method}_cpu", f"hparams_search={preset}", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    HydraConfig.instance().set_config(cfg)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_ == "hydra_plugins.anomaly_sweeper.sweeper.ResumableOptunaSweeper"
+    assert sweeper.storage == f"sqlite:///{(tmp_path / 'sweep').resolve() / 'optuna.db'}" and sweeper.study_name == method
+    assert cfg.hydra.mode.name == "MULTIRUN" and cfg.optimized_metric.startswith("val/") and cfg.data.val != "none"
+    assert len(sweeper.params) >= 3
+    for key in sweeper.params:  # a swept key the model does not have would only fail at the first trial
+        assert OmegaConf.select(cfg, key, default="<absent>") != "<absent>", f"{preset} sweeps {key}, not in the config"
