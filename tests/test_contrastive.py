@@ -90,3 +90,32 @@ def test_a_training_step_trains_the_chosen_layers_and_the_centre_scores_anomalie
     assert float(score[4:].mean()) > float(score[:4].mean())
     one_normal = {**batch, "defect": ["good"] + ["hole"] * 3}  # a short last batch: the step is skipped
     assert model.training_step(one_normal, 1) is None
+
+
+def test_cutpaste_perlin_draws_both_strategies_and_skips_the_listed_categories() -> None:
+    import numpy as np
+
+    from anomaly.synthesis.base import SynthesisConfigError
+    from anomaly.synthesis.one_of import OneOf
+
+    class Marker:
+        """A strategy writing its own value into a fixed square."""
+
+        def __init__(self, value: int) -> None:
+            self.value, self.max_attempts = value, 1
+
+        def synthesize(self, image, rng, category):
+            out = image.copy()
+            out[2:6, 2:6] = self.value
+            region = np.zeros(image.shape[:2], bool)
+            region[2:6, 2:6] = True
+            return out, region
+
+    strategy = OneOf({"a": Marker(10), "b": Marker(250)}, normal_probability=0.0, skip_categories=["tile"])
+    image = np.full((16, 16, 3), 128, np.uint8)
+    drawn = {int(strategy(image, np.random.default_rng(i), "bottle")[0][3, 3, 0]) for i in range(20)}
+    assert drawn == {10, 250}
+    skipped, mask = strategy(image, np.random.default_rng(0), "tile")
+    assert np.array_equal(skipped, image) and not mask.any()
+    with pytest.raises(SynthesisConfigError, match=r"synthesis.weights names \['c'\]"):
+        OneOf({"a": Marker(1)}, weights={"c": 1.0})
