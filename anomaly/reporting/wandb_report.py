@@ -28,6 +28,9 @@ def log_report(report: dict[str, Any], output: Path, project: str = "anomaly") -
     run.log(logged)
     folder = Path(run.dir).parent
     run.finish()
+    # Drop W&B's process-wide settings: Lightning's WandbLogger selects offline mode through the
+    # WANDB_MODE environment variable, which a singleton set up here would never read again.
+    wandb.teardown()
     return folder
 
 
