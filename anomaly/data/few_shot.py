@@ -12,13 +12,10 @@ learn from normal images only (the flows) skip them, the contrastive pre-trainin
 
 from __future__ import annotations
 
-import json
 import zlib
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -26,7 +23,6 @@ from torch.utils.data import Dataset
 from anomaly.data.dataset import AnomalyDataset
 from anomaly.data.errors import DataError
 from anomaly.data.record import Record
-from anomaly.utils.atomic import atomic_write_json
 
 
 def check_few_shot(k: int) -> int:
@@ -100,21 +96,3 @@ def is_real_anomaly(batch: dict[str, Any]) -> torch.Tensor:
     batch names no defects)."""
     defects = batch.get("defect") or ["good"] * batch["image"].shape[0]
     return torch.tensor([d != "good" for d in defects], dtype=torch.bool, device=batch["image"].device)
-
-
-class FewShotListing(L.Callback):
-    """Writes the few-shot images of the fitted categories into ``path`` (JSON, atomically), merged
-    with what earlier categories of the same run wrote."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        datamodule = getattr(trainer, "datamodule", None)
-        listing = datamodule.few_shot_listing() if hasattr(datamodule, "few_shot_listing") else []
-        if not listing or not trainer.is_global_zero:
-            return
-        old = json.loads(self.path.read_text()) if self.path.is_file() else []
-        new_images = {entry["image"] for entry in listing}
-        merged = [e for e in old if e["image"] not in new_images] + listing
-        atomic_write_json(self.path, sorted(merged, key=lambda e: (e["category"], e["image"])))

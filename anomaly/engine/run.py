@@ -180,7 +180,7 @@ def _checkpoint_dir(cfg: DictConfig, output_dir: Path, unit: str) -> Path:
 
 
 def _record_splits(datamodule: Any, output_dir: Path) -> list[str]:
-    """Layouts without an official split (MTD) and validation splits record which images they used;
+    """Layouts without an official split (MTD), validation splits and few-shot anomalies record which images they used;
     returns the names of the files written."""
     written = []
     if hasattr(datamodule.layout, "split_listing"):
@@ -190,6 +190,10 @@ def _record_splits(datamodule: Any, output_dir: Path) -> list[str]:
     if listing:
         atomic_write_json(output_dir / "val_split.json", listing)
         written.append("val_split.json")
+    few_shot = datamodule.few_shot_listing() if hasattr(datamodule, "few_shot_listing") else []
+    if few_shot:  # real test anomalies moved into training (data.few_shot_anomalies)
+        atomic_write_json(output_dir / "few_shot.json", few_shot)
+        written.append("few_shot.json")
     return written
 
 
