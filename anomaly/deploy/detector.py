@@ -103,10 +103,7 @@ def load(path: str | Path, category: str | None = None, threshold: float | None 
     if path.suffix.lower() in EXPORTED_SUFFIXES and path.is_file():
         return _load_exported(path, category, runtime, threads).with_thresholds(threshold, pixel_threshold)
     checkpoint = choose_checkpoint(path, category)
-    payload = read_checkpoint(checkpoint)
-    if not issubclass(method_of(payload, checkpoint), AnomalyModule) or "anomaly_config" not in payload:
-        raise CheckpointError(f"ckpt_path={checkpoint} was not written by anomaly.train (no anomaly method or run "
-                              "config inside); give a checkpoint of a training run of this project.")
+    payload = read_run_checkpoint(checkpoint)
     model = load_method(checkpoint)
     if model.calibration is not None:  # model.calibrate=true: per-pixel statistics of the run's normal images
         model.fit_calibration(run_datamodule(payload, checkpoint).normal_train_dataloader())
@@ -125,6 +122,16 @@ def load(path: str | Path, category: str | None = None, threshold: float | None 
     detector = Detector(TorchRuntime(model), Preprocess.from_data_config(payload["anomaly_config"]["data"]),
                         thresholds, category or "", str(payload["anomaly_method"]), checkpoint)
     return detector.with_thresholds(threshold, pixel_threshold)
+
+
+def read_run_checkpoint(checkpoint: Path) -> dict[str, Any]:
+    """The contents of a checkpoint of a training run of this project (its method and run config
+    inside), or one sentence saying it is not one."""
+    payload = read_checkpoint(checkpoint)
+    if not issubclass(method_of(payload, checkpoint), AnomalyModule) or "anomaly_config" not in payload:
+        raise CheckpointError(f"ckpt_path={checkpoint} was not written by anomaly.train (no anomaly method or run "
+                              "config inside); give a checkpoint of a training run of this project.")
+    return payload
 
 
 def _override_only(threshold: float, pixel: float | None) -> Thresholds:

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from anomaly.config.check import ConfigError
-from anomaly.deploy.detector import choose_checkpoint, metadata_path
+from anomaly.deploy.detector import choose_checkpoint, metadata_path, read_run_checkpoint
 from anomaly.deploy.preprocess import Preprocess
 from anomaly.deploy.runtimes import FORMATS, TorchRuntime, exported_runtime, require
 from anomaly.deploy.sources import ensure_thresholds, resolve_source
 from anomaly.deploy.thresholds import pick
-from anomaly.engine.checkpoints import CheckpointError, load_method, method_of, read_checkpoint
+from anomaly.engine.checkpoints import load_method, method_of
 from anomaly.engine.run import selected_checkpoints
 from anomaly.models.base import AnomalyModule
 from anomaly.utils.atomic import atomic_write_json
@@ -60,12 +60,9 @@ def export_checkpoints(ckpt_path: str | Path, fmt: str, output: str | Path | Non
 def export_checkpoint(checkpoint: Path, fmt: str, output: Path | None = None, threshold_source: str = "auto",
                       opset: int = 17) -> Path:
     """Export one checkpoint to ``output`` (default: beside it, ``<name>.<suffix>``) plus ``<name>.json``."""
-    payload = read_checkpoint(checkpoint)
+    payload = read_run_checkpoint(checkpoint)
     method = method_of(payload, checkpoint)
     name = str(payload.get("anomaly_method"))
-    if not issubclass(method, AnomalyModule) or "anomaly_config" not in payload:
-        raise CheckpointError(f"ckpt_path={checkpoint} was not written by anomaly.train; give a checkpoint of a "
-                              "training run of this project.")
     if name in NOT_EXPORTABLE:
         raise ConfigError(f"{method.__name__} cannot be exported: {NOT_EXPORTABLE[name]}.")
     model = load_method(checkpoint).eval()
