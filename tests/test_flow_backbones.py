@@ -114,3 +114,21 @@ def test_paper_presets_read_768_alexnet_features(experiment: str) -> None:
     assert cfg.model.backbone.name == "torchvision:alexnet" and cfg.model.cells == 1
     fx = FeatureExtractor(cfg.model.backbone.name, list(cfg.model.backbone.layers), cfg.model.backbone.weights)
     assert FlowDensityModel.feature_dim(fx.channels.values(), cfg.model.scales) == 768  # the paper's 3 × 256
+
+
+def test_position_condition_gives_every_cell_its_own_code() -> None:
+    """``model.position_dim``: each cell's row-major position code conditions the flow, so the same
+    feature vector scores differently in two cells; the image's score is still its worst cell."""
+    from anomaly.nn.flows.position import position_encoding
+
+    model = tiny(LITE, [64], cells=2, position_dim=8).eval()
+    image = torch.randn(3, 3, 64, 64) * 0.3
+    features = model.model.embed(image)
+    cond = position_encoding(2, 8).repeat(3, 1)
+    per_cell = model.model.flow.nll(features.reshape(12, -1), cond).view(3, 4)
+    assert torch.allclose(model.model.nll(image), per_cell.amax(1))
+    same = features[:1, :1].expand(1, 4, -1)  # one vector placed in all four cells
+    nll = model.model.cells_nll(same)
+    assert nll.shape == (4,) and not torch.allclose(nll, nll[:1].expand(4), atol=1e-6)
+    with pytest.raises(FlowInputError, match=r"model.position_dim=8 .* needs model.cells > 1"):
+        tiny(LITE, [64], cells=1, position_dim=8)

@@ -41,6 +41,8 @@ class FlowDetector(AnomalyModule):
         mean, std: data normalisation (for brightness changes); sigma: map blur in pixels.
         cells: 1 = global average pooling (the paper); g > 1 = a g×g grid of cells scored by the same
             flow, the image's score the worst cell (``FlowDensityModel``; not in the paper).
+        position_dim: with ``cells`` > 1, the size of each cell's sinusoidal position code that conditions
+            every coupling (CFlow-style; 0 = none, the paper).
         lr, betas, eps, weight_decay: Adam.
         pretrained: the contrastively pre-trained extractor (``model=contrastive_backbone``): its run folder
             (``checkpoints/<category>/best.ckpt`` is taken per category, else ``last.ckpt``) or one
@@ -74,6 +76,7 @@ class FlowDetector(AnomalyModule):
         weight_decay: float = 0.0,
         pretrained: str | None = None,
         cells: int = 1,
+        position_dim: int = 0,
         **kwargs: Any,
     ) -> None:
         check_clamp(clamp)  # before anything is built or read
@@ -83,7 +86,7 @@ class FlowDetector(AnomalyModule):
         super().__init__(**kwargs)
         block = block if block is not None else build_block(backbone)
         dim = FlowDensityModel.feature_dim(block.channels.values(), scales)
-        flow = Flow(dim, kind, n_blocks, list(hidden), clamp, depth, dropout, flow_seed)
+        flow = Flow(dim, kind, n_blocks, list(hidden), clamp, depth, dropout, flow_seed, position_dim)
         self.model = FlowDensityModel(block, flow, scales, n_views, view_rotation, view_brightness, view_seed,
                                       mean, std, sigma, cells)
         self.rotation, self.train_views = float(rotation), max(1, int(train_views))
@@ -113,7 +116,7 @@ class FlowDetector(AnomalyModule):
         with torch.no_grad():
             angles = (torch.rand(images.shape[0], device=images.device) * 2 - 1) * self.rotation
             features = self.model.embed(self.model.rotate(images, angles))
-        loss = self.model.flow.nll(features.reshape(-1, features.shape[-1])).mean()  # every cell a sample
+        loss = self.model.cells_nll(features).mean()  # every cell a sample
         self.log("train/nll", loss, prog_bar=True, batch_size=images.shape[0])
         return loss
 

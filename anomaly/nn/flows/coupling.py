@@ -1,7 +1,9 @@
 """Invertible blocks with exact log-determinants and exact inverses.
 
 Every block maps ``x`` (B×D) to ``(y, log|det ∂y/∂x|)`` with the log-determinant per sample (B),
-and ``inverse(y)`` returns ``x``.
+and ``inverse(y)`` returns ``x``. Blocks built with ``cond_dim`` > 0 take a condition ``cond``
+(B×cond_dim, e.g. the position of a cell) that every subnet sees beside its half of the features
+(CFlow-style conditional couplings, Gudovskiy et al., WACV 2022); the Jacobian is with respect to ``x``.
 """
 
 from __future__ import annotations
@@ -57,11 +59,16 @@ class Permutation(nn.Module):
         self.register_buffer("perm", perm)
         self.register_buffer("inverse_perm", torch.argsort(perm))
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return x[:, self.perm], x.new_zeros(x.shape[0])
 
-    def inverse(self, y: Tensor) -> Tensor:
+    def inverse(self, y: Tensor, cond: Tensor | None = None) -> Tensor:
         return y[:, self.inverse_perm]
+
+
+def with_condition(x: Tensor, cond: Tensor | None) -> Tensor:
+    """A subnet's input: the features, and the condition beside them when there is one."""
+    return x if cond is None else torch.cat([x, cond], dim=1)
 
 
 class AffineCoupling(nn.Module):
@@ -71,33 +78,35 @@ class AffineCoupling(nn.Module):
     log|det| = Σ s2 + Σ s1 (clamped s).
     """
 
-    def __init__(self, dim: int, hidden: Sequence[int], clamp: float, dropout: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, hidden: Sequence[int], clamp: float, dropout: float = 0.0, cond_dim: int = 0
+    ) -> None:
         super().__init__()
         if dim < 2:
             raise FlowInputError(f"A coupling needs at least 2 features, got {dim}.")
         self.dim, self.clamp = dim, check_clamp(clamp)
         self.d1 = dim // 2
         self.d2 = dim - self.d1
-        self.net2 = Subnet(self.d2, 2 * self.d1, hidden, dropout)  # conditions x1 on x2
-        self.net1 = Subnet(self.d1, 2 * self.d2, hidden, dropout)  # conditions x2 on y1
+        self.net2 = Subnet(self.d2 + cond_dim, 2 * self.d1, hidden, dropout)  # conditions x1 on x2
+        self.net1 = Subnet(self.d1 + cond_dim, 2 * self.d2, hidden, dropout)  # conditions x2 on y1
 
-    def _st(self, net: nn.Module, cond: Tensor) -> tuple[Tensor, Tensor]:
-        s, t = net(cond).chunk(2, dim=1)
+    def _st(self, net: nn.Module, given: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
+        s, t = net(with_condition(given, cond)).chunk(2, dim=1)
         return soft_clamp(s, self.clamp), t
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x1, x2 = x[:, : self.d1], x[:, self.d1 :]
-        s2, t2 = self._st(self.net2, x2)
+        s2, t2 = self._st(self.net2, x2, cond)
         y1 = x1 * torch.exp(s2) + t2
-        s1, t1 = self._st(self.net1, y1)
+        s1, t1 = self._st(self.net1, y1, cond)
         y2 = x2 * torch.exp(s1) + t1
         return torch.cat([y1, y2], dim=1), s2.sum(1) + s1.sum(1)
 
-    def inverse(self, y: Tensor) -> Tensor:
+    def inverse(self, y: Tensor, cond: Tensor | None = None) -> Tensor:
         y1, y2 = y[:, : self.d1], y[:, self.d1 :]
-        s1, t1 = self._st(self.net1, y1)
+        s1, t1 = self._st(self.net1, y1, cond)
         x2 = (y2 - t1) * torch.exp(-s1)
-        s2, t2 = self._st(self.net2, x2)
+        s2, t2 = self._st(self.net2, x2, cond)
         x1 = (y1 - t2) * torch.exp(-s2)
         return torch.cat([x1, x2], dim=1)
 
@@ -112,7 +121,9 @@ class DenseCoupling(nn.Module):
     node's coupling first, then the sub-blocks.
     """
 
-    def __init__(self, dim: int, hidden: Sequence[int], clamp: float, depth: int = 2, dropout: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, hidden: Sequence[int], clamp: float, depth: int = 2, dropout: float = 0.0, cond_dim: int = 0
+    ) -> None:
         super().__init__()
         if dim < 2:
             raise FlowInputError(f"A coupling needs at least 2 features, got {dim}.")
@@ -121,35 +132,38 @@ class DenseCoupling(nn.Module):
         self.dim, self.clamp, self.depth = dim, check_clamp(clamp), int(depth)
         self.du = dim // 2
         self.dl = dim - self.du
-        self.net = Subnet(self.du, 2 * self.dl, hidden, dropout)
+        self.net = Subnet(self.du + cond_dim, 2 * self.dl, hidden, dropout)
         deeper = self.depth > 1
-        self.upper = DenseCoupling(self.du, hidden, clamp, depth - 1, dropout) if deeper and self.du >= 2 else None
-        self.lower = DenseCoupling(self.dl, hidden, clamp, depth - 1, dropout) if deeper and self.dl >= 2 else None
 
-    def _st(self, cond: Tensor) -> tuple[Tensor, Tensor]:
-        s, t = self.net(cond).chunk(2, dim=1)
+        def child(size: int) -> DenseCoupling | None:
+            return DenseCoupling(size, hidden, clamp, depth - 1, dropout, cond_dim) if deeper and size >= 2 else None
+
+        self.upper, self.lower = child(self.du), child(self.dl)
+
+    def _st(self, given: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
+        s, t = self.net(with_condition(given, cond)).chunk(2, dim=1)
         return soft_clamp(s, self.clamp), t
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         u, low = x[:, : self.du], x[:, self.du :]
         logdet = x.new_zeros(x.shape[0])
         if self.upper is not None:
-            u, ld = self.upper(u)
+            u, ld = self.upper(u, cond)
             logdet = logdet + ld
         if self.lower is not None:
-            low, ld = self.lower(low)
+            low, ld = self.lower(low, cond)
             logdet = logdet + ld
-        s, t = self._st(u)
+        s, t = self._st(u, cond)
         return torch.cat([u, low * torch.exp(s) + t], dim=1), logdet + s.sum(1)
 
-    def inverse(self, y: Tensor) -> Tensor:
+    def inverse(self, y: Tensor, cond: Tensor | None = None) -> Tensor:
         u, low = y[:, : self.du], y[:, self.du :]
-        s, t = self._st(u)
+        s, t = self._st(u, cond)
         low = (low - t) * torch.exp(-s)
         if self.upper is not None:
-            u = self.upper.inverse(u)
+            u = self.upper.inverse(u, cond)
         if self.lower is not None:
-            low = self.lower.inverse(low)
+            low = self.lower.inverse(low, cond)
         return torch.cat([u, low], dim=1)
 
 
@@ -164,6 +178,7 @@ class Flow(nn.Module):
         clamp: soft clamp α > 0.
         depth: recursion depth cap of dense blocks (ignored for plain ones).
         seed: seed of the permutations (block i uses seed + i).
+        cond_dim: size of the condition every subnet sees (0: none, the paper; CFlow: a position code).
     """
 
     KINDS = ("plain", "dense")
@@ -178,44 +193,52 @@ class Flow(nn.Module):
         depth: int = 2,
         dropout: float = 0.0,
         seed: int = 0,
+        cond_dim: int = 0,
     ) -> None:
         super().__init__()
         check_clamp(clamp)
         if kind not in self.KINDS:
             raise FlowInputError(f"model.kind={kind} is not a flow kind; choose one of {list(self.KINDS)}.")
-        self.dim, self.kind = int(dim), kind
+        if int(cond_dim) < 0:
+            raise FlowInputError(f"The condition size {cond_dim} must be 0 (none) or positive.")
+        self.dim, self.kind, self.cond_dim = int(dim), kind, int(cond_dim)
         blocks: list[nn.Module] = []
         for i in range(int(n_blocks)):
             blocks.append(Permutation(self.dim, seed + i))
             if kind == "plain":
-                blocks.append(AffineCoupling(self.dim, hidden, clamp, dropout))
+                blocks.append(AffineCoupling(self.dim, hidden, clamp, dropout, self.cond_dim))
             else:
-                blocks.append(DenseCoupling(self.dim, hidden, clamp, depth, dropout))
+                blocks.append(DenseCoupling(self.dim, hidden, clamp, depth, dropout, self.cond_dim))
         self.blocks = nn.ModuleList(blocks)
 
-    def check(self, x: Tensor) -> None:
+    def check(self, x: Tensor, cond: Tensor | None) -> None:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise FlowInputError(
                 f"The flow was built for {self.dim}-dim features but got shape {tuple(x.shape)}; the backbone "
                 "layers and model.scales must be those the flow (or its checkpoint) was built with."
             )
+        if self.cond_dim == 0 and cond is not None:
+            raise FlowInputError("This flow was built without a condition (cond_dim=0) but was given one.")
+        if self.cond_dim and (cond is None or tuple(cond.shape) != (x.shape[0], self.cond_dim)):
+            got = None if cond is None else tuple(cond.shape)
+            raise FlowInputError(f"The flow was built for a {self.cond_dim}-dim condition per sample, got {got}.")
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        self.check(x)
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self.check(x, cond)
         logdet = x.new_zeros(x.shape[0])
         for block in self.blocks:
-            x, ld = block(x)
+            x, ld = block(x, cond)
             logdet = logdet + ld
         return x, logdet
 
-    def inverse(self, z: Tensor) -> Tensor:
-        self.check(z)
+    def inverse(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
+        self.check(z, cond)
         for block in reversed(self.blocks):
-            z = block.inverse(z)
+            z = block.inverse(z, cond)
         return z
 
-    def nll(self, x: Tensor) -> Tensor:
+    def nll(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """Negative log-likelihood per dimension under a standard normal base, per sample (without the
         constant ½·log 2π): (½‖z‖² − log|det J|) / D."""
-        z, logdet = self(x)
+        z, logdet = self(x, cond)
         return (0.5 * z.pow(2).sum(1) - logdet) / self.dim

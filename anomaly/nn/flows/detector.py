@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from anomaly.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from anomaly.nn.flows.coupling import Flow, FlowInputError
+from anomaly.nn.flows.position import position_encoding
 from anomaly.nn.smoothing import gaussian_blur
 
 
@@ -31,6 +32,9 @@ class FlowDensityModel(nn.Module):
             vector per image. g > 1 (locality-preserving, not in the paper): average-pooled to a g×g grid
             of cells, each cell's vector a sample of the same flow; the image's −log p is the maximum
             over its cells, so a small defect is not averaged away by the rest of the image.
+        A flow built with ``cond_dim`` > 0 (needs ``cells`` > 1) is conditioned on each cell's
+        sinusoidal position code of that size (CFlow, Gudovskiy et al., WACV 2022; not in the paper):
+        one flow, but the density it models may differ from one cell to the next.
     """
 
     def __init__(
@@ -52,6 +56,13 @@ class FlowDensityModel(nn.Module):
             raise FlowInputError(f"model.cells={cells} must be at least 1 (1 = global average pooling, the paper).")
         self.cells = int(cells)
         self.backbone, self.flow = backbone, flow
+        code = None
+        if flow.cond_dim:
+            if self.cells == 1:
+                raise FlowInputError(f"model.position_dim={flow.cond_dim} conditions the flow on the position of a "
+                                     "cell; it needs model.cells > 1 (or set model.position_dim=0).")
+            code = position_encoding(self.cells, flow.cond_dim)
+        self.register_buffer("position_code", code, persistent=False)
         self.scales = [int(s) for s in scales]
         if int(n_views) < 1:
             raise FlowInputError(f"model.n_views={n_views} must be at least 1 (1 = the image itself only).")
@@ -82,11 +93,18 @@ class FlowDensityModel(nn.Module):
                 pooled += [F.adaptive_avg_pool2d(f, self.cells).flatten(2) for f in self.backbone(x).values()]
         return torch.cat(pooled, dim=1) if self.cells == 1 else torch.cat(pooled, dim=1).transpose(1, 2)
 
-    def features_nll(self, features: Tensor) -> Tensor:
-        """Per-dimension −log p of ``embed``'s output, B: per cell, then the maximum over the cells."""
+    def cells_nll(self, features: Tensor) -> Tensor:
+        """Per-dimension −log p of every vector of ``embed``'s output: B, or B·g² cells (row-major)
+        each with its position code when the flow is conditioned."""
         if features.dim() == 2:
             return self.flow.nll(features)
-        return self.flow.nll(features.reshape(-1, features.shape[-1])).view(features.shape[0], -1).amax(1)
+        cond = None if self.position_code is None else self.position_code.repeat(features.shape[0], 1)
+        return self.flow.nll(features.reshape(-1, features.shape[-1]), cond)
+
+    def features_nll(self, features: Tensor) -> Tensor:
+        """Per-dimension −log p of ``embed``'s output, B: per cell, then the maximum over the cells."""
+        nll = self.cells_nll(features)
+        return nll if features.dim() == 2 else nll.view(features.shape[0], -1).amax(1)
 
     @staticmethod
     def rotate(image: Tensor, degrees: Tensor) -> Tensor:
