@@ -3,7 +3,7 @@
 How the CPU presets' ``model.cells`` was chosen (notes/flow.md): EfficientNet-Lite0 blocks.4+6 at
 256/192/128 px (offline weights), pooled per image as the global mean (``mean``, the paper), the global
 max (``max``), both concatenated (``meanmax``) or a g×g grid of cells (``g2``, ``g4``, ``g8``: every cell a
-flow sample, the image's −log p its worst cell); ``g4pos``/``g8pos`` add the cell's 32-dim sinusoidal
+flow sample, the image's −log p its worst cell); ``g4pos``/``g8pos``/``g16pos`` add the cell's 32-dim sinusoidal
 position code as the couplings' condition (CFlow-style, ``model.position_dim``). A 3-block dense flow
 (width 256, Adam 1e-3, batch 16 images) is fitted for 60 epochs on the training images' features; the
 validation image AUROC is printed every 10.
@@ -27,7 +27,7 @@ from anomaly.metrics import ImageAUROC
 from anomaly.nn.backbone import FeatureExtractor
 from anomaly.nn.flows import Flow, FlowDensityModel
 
-VARIANTS = ("mean", "max", "meanmax", "g2", "g4", "g4pos", "g8", "g8pos")
+VARIANTS = ("mean", "max", "meanmax", "g2", "g4", "g4pos", "g8", "g8pos", "g16pos")
 POSITION_DIM = 32
 
 
