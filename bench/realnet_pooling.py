@@ -1,0 +1,63 @@
+"""RealNet's image-score pool size, chosen on the VALIDATION split of a trained run (no retraining).
+
+The image score is the maximum of the stride-1 ``pool_size``-average-pooled map; the pool changes no
+pixel metric and no checkpoint ranked on ``val/mean/pixel_auroc``, so every size can be scored on the
+maps of the run's own checkpoints. Prints the validation image AUROC per category and size, and the mean.
+
+    OMP_NUM_THREADS=1 python bench/realnet_pooling.py outputs/realnet/<run> --sizes 1 2 4 8 16
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+import anomaly.config.resolvers  # noqa: F401
+from anomaly.engine.checkpoints import load_method, read_checkpoint
+from anomaly.engine.run import selected_checkpoints
+from anomaly.metrics import ImageAUROC
+
+
+def validation_maps(path) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """The category, the raw validation maps (N×1×H×W) and labels of one checkpoint's run."""
+    payload = read_checkpoint(path)
+    data_cfg = OmegaConf.create(payload["anomaly_config"]).data
+    data_cfg.category = payload.get("anomaly_categories") or data_cfg.category
+    data_cfg.num_workers = 0
+    model = load_method(path).eval()
+    data = instantiate(data_cfg, synthesis=None)
+    data.setup("fit")
+    maps, labels = [], []
+    with torch.no_grad():
+        for batch in data.val_dataloader():
+            maps.append(model(batch["image"])[0].float())
+            labels.append(batch["label"])
+    return ",".join(data.categories), torch.cat(maps), torch.cat(labels)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", help="a RealNet run folder (its per-category best.ckpt / last.ckpt)")
+    parser.add_argument("--sizes", nargs="+", type=int, default=[1, 2, 4, 8, 16])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    table: dict[int, list[float]] = {size: [] for size in args.sizes}
+    for path in selected_checkpoints(args.run):
+        category, maps, labels = validation_maps(path)
+        row = []
+        for size in args.sizes:
+            side = min(size, maps.shape[-2], maps.shape[-1])
+            auroc = ImageAUROC()
+            auroc.update(F.avg_pool2d(maps, side, stride=1).flatten(1).amax(1), labels)
+            table[size].append(float(auroc.compute()))
+            row.append(f"pool {size}: {table[size][-1]:.3f}")
+        print(category, " | ".join(row), flush=True)
+    print("mean validation image AUROC:", " | ".join(f"pool {s}: {sum(v) / len(v):.3f}" for s, v in table.items()))
+
+
+if __name__ == "__main__":
+    main()
