@@ -10,26 +10,22 @@ maps of the run's own checkpoints. Prints the validation image AUROC per categor
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 import anomaly.config.resolvers  # noqa: F401
+from anomaly.deploy.sources import run_datamodule
 from anomaly.engine.checkpoints import load_method, read_checkpoint
 from anomaly.engine.run import selected_checkpoints
 from anomaly.metrics import ImageAUROC
+from anomaly.models.realnet import RealNet
 
 
-def validation_maps(path) -> tuple[str, torch.Tensor, torch.Tensor]:
+def validation_maps(path: Path, model: RealNet) -> tuple[str, torch.Tensor, torch.Tensor]:
     """The category, the raw validation maps (N×1×H×W) and labels of one checkpoint's run."""
-    payload = read_checkpoint(path)
-    data_cfg = OmegaConf.create(payload["anomaly_config"]).data
-    data_cfg.category = payload.get("anomaly_categories") or data_cfg.category
-    data_cfg.num_workers = 0
-    model = load_method(path).eval()
-    data = instantiate(data_cfg, synthesis=None)
+    data = run_datamodule(read_checkpoint(path), path)
+    data.num_workers = 0
     data.setup("fit")
     maps, labels = [], []
     with torch.no_grad():
@@ -47,12 +43,13 @@ def main() -> None:
     torch.set_num_threads(1)
     table: dict[int, list[float]] = {size: [] for size in args.sizes}
     for path in selected_checkpoints(args.run):
-        category, maps, labels = validation_maps(path)
+        model = load_method(path).eval()
+        category, maps, labels = validation_maps(path, model)
         row = []
         for size in args.sizes:
-            side = min(size, maps.shape[-2], maps.shape[-1])
+            model.model.pool_size = size  # the image score RealNet computes, at this pool
             auroc = ImageAUROC()
-            auroc.update(F.avg_pool2d(maps, side, stride=1).flatten(1).amax(1), labels)
+            auroc.update(model.model.score(maps), labels)
             table[size].append(float(auroc.compute()))
             row.append(f"pool {size}: {table[size][-1]:.3f}")
         print(category, " | ".join(row), flush=True)
