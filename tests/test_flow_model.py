@@ -123,3 +123,15 @@ def test_a_nan_loss_stops_with_the_shared_guard() -> None:
     model = tiny()
     with pytest.raises(NonFiniteLossError, match="FlowDetector's training loss became nan"):
         model.on_before_backward(torch.tensor(float("nan")))
+
+
+def test_a_cosine_schedule_takes_the_learning_rate_to_zero_by_the_last_step() -> None:
+    with pytest.raises(FlowInputError, match=r"model.lr_schedule='step' is unknown"):
+        tiny(lr_schedule="step")
+    model = tiny(lr_schedule="cosine", train_views=1)
+    trainer = L.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer.fit(model, train_dataloaders=DataLoader(Images(8), batch_size=4))
+    schedule = trainer.lr_scheduler_configs[0].scheduler
+    assert schedule.last_epoch == 4 and schedule.get_last_lr()[0] == 0.0
+    assert not isinstance(tiny().configure_optimizers(), dict)  # constant (the paper): a bare Adam

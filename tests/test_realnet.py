@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -70,6 +71,24 @@ def test_a_short_run_lowers_both_losses() -> None:
 def test_a_nan_loss_stops_with_the_shared_guard() -> None:
     with pytest.raises(NonFiniteLossError, match="RealNet's training loss became nan"):
         tiny().on_before_backward(torch.tensor(float("nan")))
+
+
+def test_a_cosine_schedule_takes_the_learning_rate_to_zero_over_the_run() -> None:
+    with pytest.raises(RealNetConfigError, match=r"model.lr_schedule='step' is unknown"):
+        tiny(lr_schedule="step")
+    model = tiny(lr_schedule="cosine")
+    model._trainer = SimpleNamespace(estimated_stepping_batches=4)  # all configure_optimizers reads of it
+    config = model.configure_optimizers()
+    optimizer, schedule = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert config["lr_scheduler"]["interval"] == "step"
+    rates = [optimizer.param_groups[0]["lr"]]
+    for _ in range(4):
+        optimizer.step()
+        schedule.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates[0] == pytest.approx(1e-3) and rates[-1] == 0.0
+    assert all(a > b for a, b in zip(rates, rates[1:], strict=False))
+    assert isinstance(tiny().configure_optimizers(), torch.optim.Adam)  # constant (the paper)
 
 
 def test_synthesis_none_is_one_sentence(synthetic_root: Path, tmp_path: Path) -> None:

@@ -13,9 +13,10 @@ from anomaly.data.errors import DataError
 from anomaly.data.few_shot import is_real_anomaly
 from anomaly.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from anomaly.models.base import AnomalyModule, build_block
+from anomaly.models.lr_schedules import check_schedule, over_run
 from anomaly.nn.backbone import BackboneError, FeatureExtractor
 from anomaly.nn.flows import Flow, FlowDensityModel
-from anomaly.nn.flows.coupling import check_clamp
+from anomaly.nn.flows.coupling import FlowInputError, check_clamp
 
 
 class FlowDetector(AnomalyModule):
@@ -44,6 +45,8 @@ class FlowDetector(AnomalyModule):
         position_dim: with ``cells`` > 1, the size of each cell's sinusoidal position code that conditions
             every coupling (CFlow-style; 0 = none, the paper).
         lr, betas, eps, weight_decay: Adam.
+        lr_schedule: ``constant`` (DifferNet, the paper) or ``cosine`` (to 0 over the run's steps: not in the
+            paper, for short runs whose last checkpoints should come from a small learning rate).
         pretrained: the contrastively pre-trained extractor (``model=contrastive_backbone``): its run folder
             (``checkpoints/<category>/best.ckpt`` is taken per category, else ``last.ckpt``) or one
             checkpoint file; loaded with ``weights_only=True`` into the backbone before fitting.
@@ -77,9 +80,11 @@ class FlowDetector(AnomalyModule):
         pretrained: str | None = None,
         cells: int = 1,
         position_dim: int = 0,
+        lr_schedule: str = "constant",
         **kwargs: Any,
     ) -> None:
         check_clamp(clamp)  # before anything is built or read
+        check_schedule(lr_schedule, FlowInputError)
         block = backbone if isinstance(backbone, nn.Module) else None
         if isinstance(backbone, FeatureExtractor):
             backbone = backbone.spec()  # saved as plain data; its weights are in the state dict
@@ -120,10 +125,12 @@ class FlowDetector(AnomalyModule):
         self.log("train/nll", loss, prog_bar=True, batch_size=images.shape[0])
         return loss
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> Any:
         hp = self.hparams
-        return torch.optim.Adam(self.model.flow.parameters(), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps,
-                                weight_decay=hp.weight_decay)
+        optimizer = torch.optim.Adam(self.model.flow.parameters(), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps,
+                                     weight_decay=hp.weight_decay)
+        schedule = hp.get("lr_schedule", "constant")
+        return over_run(optimizer, schedule, self.trainer.estimated_stepping_batches if schedule != "constant" else 0)
 
     def restore_overrides(self) -> dict[str, Any]:
         """The backbone's weights are in the checkpoint: do not re-read them."""

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from anomaly.models.base import AnomalyModule, build_block
+from anomaly.models.lr_schedules import check_schedule, over_run
 from anomaly.nn.backbone import FeatureExtractor
 from anomaly.nn.realnet import RealNetConfigError, RealNetModel
 
@@ -53,6 +54,8 @@ class RealNet(AnomalyModule):
             ``false`` feeds raw features as the paper.
         seg_weight, mse_weight: loss weights (1, 1).
         lr, betas: Adam (RealNet: 1e-4, (0.9, 0.999)).
+        lr_schedule: ``constant`` (RealNet) or ``cosine`` (to 0 over the run's steps: not in the paper, for
+            short runs whose last checkpoints should come from a small learning rate).
         **kwargs: ``AnomalyModule`` options (evaluator, calibrate).
     """
 
@@ -76,8 +79,10 @@ class RealNet(AnomalyModule):
         mse_weight: float = 1.0,
         lr: float = 1e-4,
         betas: Sequence[float] = (0.9, 0.999),
+        lr_schedule: str = "constant",
         **kwargs: Any,
     ) -> None:
+        check_schedule(lr_schedule, RealNetConfigError)
         if int(afs_batches) < 1:
             raise RealNetConfigError(f"model.afs_batches={afs_batches} must be at least 1.")
         block = backbone if isinstance(backbone, nn.Module) else None
@@ -193,9 +198,11 @@ class RealNet(AnomalyModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         return loss
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> Any:
         params = itertools.chain(self.model.unets.parameters(), self.model.rrs.parameters())
-        return torch.optim.Adam(params, lr=float(self.hparams.lr), betas=tuple(self.hparams.betas))
+        optimizer = torch.optim.Adam(params, lr=float(self.hparams.lr), betas=tuple(self.hparams.betas))
+        schedule = self.hparams.get("lr_schedule", "constant")
+        return over_run(optimizer, schedule, self.trainer.estimated_stepping_batches if schedule != "constant" else 0)
 
     def restore_overrides(self) -> dict[str, Any]:
         """The backbone's weights are in the checkpoint: do not re-read them."""
