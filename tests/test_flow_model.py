@@ -135,3 +135,26 @@ def test_a_cosine_schedule_takes_the_learning_rate_to_zero_by_the_last_step() ->
     schedule = trainer.lr_scheduler_configs[0].scheduler
     assert schedule.last_epoch == 4 and schedule.get_last_lr()[0] == 0.0
     assert not isinstance(tiny().configure_optimizers(), dict)  # constant (the paper): a bare Adam
+
+
+def test_the_feature_cache_runs_the_backbone_once_per_image_and_trains_as_without_it() -> None:
+    batch = next(iter(DataLoader(Images(8), batch_size=8)))
+    cached, plain = tiny(rotation=0.0, feature_cache=16), tiny(rotation=0.0, feature_cache=0)
+    calls = []
+    embed = cached.model.embed
+    cached.model.embed = lambda images: calls.append(len(images)) or embed(images)
+    for model in (cached, plain):
+        optimizer = model.configure_optimizers()
+        losses = []
+        for step in range(3):
+            loss = model.training_step(batch, step)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        model.losses = losses
+    assert calls == [16]  # 8 images × 2 train views once; then every step from the cache
+    assert cached.losses == pytest.approx(plain.losses, abs=1e-6) and cached.losses[2] < cached.losses[0]
+    rotating = tiny(rotation=90.0, feature_cache=16)
+    rotating.training_step(batch, 0)
+    assert len(rotating.feature_cache) == 0  # random rotations: features differ every step, no cache

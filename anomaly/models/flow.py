@@ -15,6 +15,7 @@ from anomaly.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from anomaly.models.base import AnomalyModule, build_block
 from anomaly.models.lr_schedules import check_schedule, over_run
 from anomaly.nn.backbone import BackboneError, FeatureExtractor
+from anomaly.nn.content_cache import ContentCache
 from anomaly.nn.flows import Flow, FlowDensityModel
 from anomaly.nn.flows.coupling import FlowInputError, check_clamp
 
@@ -47,6 +48,10 @@ class FlowDetector(AnomalyModule):
         lr, betas, eps, weight_decay: Adam.
         lr_schedule: ``constant`` (DifferNet, the paper) or ``cosine`` (to 0 over the run's steps: not in the
             paper, for short runs whose last checkpoints should come from a small learning rate).
+        feature_cache: keep the pooled training features of up to this many distinct images in memory
+            (``anomaly.nn.content_cache``; keyed by the image's content, so never stale): the frozen backbone
+            then runs once per training image instead of once per epoch. Used only when training does not
+            rotate (``rotation`` = 0); 0: off.
         pretrained: the contrastively pre-trained extractor (``model=contrastive_backbone``): its run folder
             (``checkpoints/<category>/best.ckpt`` is taken per category, else ``last.ckpt``) or one
             checkpoint file; loaded with ``weights_only=True`` into the backbone before fitting.
@@ -81,6 +86,7 @@ class FlowDetector(AnomalyModule):
         cells: int = 1,
         position_dim: int = 0,
         lr_schedule: str = "constant",
+        feature_cache: int = 0,
         **kwargs: Any,
     ) -> None:
         check_clamp(clamp)  # before anything is built or read
@@ -95,6 +101,7 @@ class FlowDetector(AnomalyModule):
         self.model = FlowDensityModel(block, flow, scales, n_views, view_rotation, view_brightness, view_seed,
                                       mean, std, sigma, cells)
         self.rotation, self.train_views = float(rotation), max(1, int(train_views))
+        self.feature_cache = ContentCache(feature_cache if self.rotation == 0 else 0)
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
         return self.model(image)
@@ -109,6 +116,7 @@ class FlowDetector(AnomalyModule):
                                 "give the run folder of a pre-training on these categories.")
             try:
                 self.model.backbone.load_weights(str(path))
+                self.feature_cache.clear()  # features of the weights before, if any
             except BackboneError as error:
                 raise DataError(f"model.pretrained={path} does not hold this run's backbone "
                                 f"({self.model.backbone.name} {self.model.backbone.layers}): {error}") from error
@@ -119,8 +127,11 @@ class FlowDetector(AnomalyModule):
         images = batch.get("source", batch["image"])[~is_real_anomaly(batch)]
         images = images.repeat_interleave(self.train_views, dim=0)
         with torch.no_grad():
-            angles = (torch.rand(images.shape[0], device=images.device) * 2 - 1) * self.rotation
-            features = self.model.embed(self.model.rotate(images, angles))
+            if self.rotation == 0:  # the same features every epoch: computed once when the cache is on
+                features = self.feature_cache(images, self.model.embed)
+            else:
+                angles = (torch.rand(images.shape[0], device=images.device) * 2 - 1) * self.rotation
+                features = self.model.embed(self.model.rotate(images, angles))
         loss = self.model.cells_nll(features).mean()  # every cell a sample
         self.log("train/nll", loss, prog_bar=True, batch_size=images.shape[0])
         return loss

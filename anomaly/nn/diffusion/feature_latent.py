@@ -12,7 +12,6 @@ can see the reconstruction. DiAD uses them through ``latents.FeatureLatent``.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 
@@ -20,15 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from anomaly.nn.content_cache import ContentCache
 from anomaly.nn.diffusion.presets import DiffusionConfigError
-
-
-def content_key(image: Tensor) -> bytes:
-    """A 128-bit key of a CPU tensor's shape and values."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(str(tuple(image.shape)).encode())
-    digest.update(image.contiguous().numpy().tobytes())
-    return digest.digest()
 
 
 def to_grid(feature: Tensor, size: tuple[int, int]) -> Tensor:
@@ -78,8 +70,7 @@ class FeatureGrid(nn.Module):
                 f"model.latent.downsampling={downsampling} is not supported; use 2, 4 or 8 (the SG hint encoder's factors)."
             )
         self.downsampling, self.resize = int(downsampling), resize
-        self.cache_size = int(cache)
-        self._cache: dict[bytes, Tensor] = {}
+        self.cache = ContentCache(cache)
         self.register_buffer("mean", torch.full((sum(self.widths),), math.nan))
         self.register_buffer("std", torch.full((sum(self.widths),), math.nan))
 
@@ -99,20 +90,7 @@ class FeatureGrid(nn.Module):
 
         ``cached``: look the images up in (and add them to) the training cache first.
         """
-        if not (cached and self.cache_size > 0):
-            return self._extract(image)
-        keys = [content_key(one) for one in image.detach().float().cpu()]
-        missing = [i for i, key in enumerate(keys) if key not in self._cache]
-        found: dict[int, Tensor] = {}
-        if missing:
-            fresh = self._extract(image[missing])
-            for i, value in zip(missing, fresh, strict=True):
-                found[i] = value
-                if len(self._cache) < self.cache_size:
-                    self._cache[keys[i]] = value.cpu()
-        return torch.stack(
-            [found[i] if i in found else self._cache[key].to(image.device) for i, key in enumerate(keys)]
-        )
+        return self.cache(image, self._extract) if cached else self._extract(image)
 
     def _extract(self, image: Tensor) -> Tensor:
         size = (image.shape[-2] // self.downsampling, image.shape[-1] // self.downsampling)
