@@ -39,18 +39,22 @@ class Images(Dataset):
         return {"image": self.images[i], "label": 0, "category": "toy", "path": f"{i}.png"}
 
 
-@pytest.mark.parametrize("kind", ["plain", "dense"])
-def test_nll_decreases_in_a_short_run(kind: str) -> None:
-    model = tiny(kind)
+def train_steps(model: FlowDetector, batch: dict, steps: int) -> list[float]:
+    """The training losses of ``steps`` optimizer steps on one batch, outside a Trainer."""
     optimizer = model.configure_optimizers()
-    batch = next(iter(DataLoader(Images(8), batch_size=8)))
     losses = []
-    for step in range(40):
+    for step in range(steps):
         loss = model.training_step(batch, step)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
+    return losses
+
+
+@pytest.mark.parametrize("kind", ["plain", "dense"])
+def test_nll_decreases_in_a_short_run(kind: str) -> None:
+    losses = train_steps(tiny(kind), next(iter(DataLoader(Images(8), batch_size=8))), 40)
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.1, losses[::8]
 
 
@@ -143,18 +147,9 @@ def test_the_feature_cache_runs_the_backbone_once_per_image_and_trains_as_withou
     calls = []
     embed = cached.model.embed
     cached.model.embed = lambda images: calls.append(len(images)) or embed(images)
-    for model in (cached, plain):
-        optimizer = model.configure_optimizers()
-        losses = []
-        for step in range(3):
-            loss = model.training_step(batch, step)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        model.losses = losses
+    with_cache, without = train_steps(cached, batch, 3), train_steps(plain, batch, 3)
     assert calls == [16]  # 8 images × 2 train views once; then every step from the cache
-    assert cached.losses == pytest.approx(plain.losses, abs=1e-6) and cached.losses[2] < cached.losses[0]
+    assert with_cache == pytest.approx(without, abs=1e-6) and with_cache[2] < with_cache[0]
     rotating = tiny(rotation=90.0, feature_cache=16)
     rotating.training_step(batch, 0)
     assert len(rotating.feature_cache) == 0  # random rotations: features differ every step, no cache
