@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python bench/realnet.py                    # experiment=realnet_cpu sizes, capsule
     OMP_NUM_THREADS=1 python bench/realnet.py --steps 20 --category wood
+    OMP_NUM_THREADS=1 python bench/realnet.py data.image_size=256   # any override of the preset
 
 Composes the real presets (``experiment=realnet_cpu`` / ``realnet_mvtec``), runs AFS over the preset's
 ``afs_batches`` Perlin batches, ``--steps`` optimizer steps and one pass over the test images. The paper
@@ -52,20 +53,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--category", default="capsule")
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of experiment=realnet_cpu")
     args = parser.parse_args()
     torch.manual_seed(0)
-    cfg = preset("realnet_cpu", f"data.category={args.category}", "data.num_workers=0")
+    cfg = preset("realnet_cpu", f"data.category={args.category}", "data.num_workers=0", *args.overrides)
     cfg.data.root = str(CONF_DIR.parents[1] / "data" / "synthetic")
     data = build_datamodule(cfg)
     data.setup("fit")
     model = instantiate(cfg.model)
-    model.trainer = SimpleNamespace(datamodule=data, world_size=1, strategy=None)  # what on_fit_start reads
+    model.trainer = SimpleNamespace(datamodule=data, world_size=1, strategy=None,  # what on_fit_start reads
+                                    estimated_stepping_batches=args.steps)
 
     start = time.perf_counter()
     RealNet.on_fit_start(model)
     print(f"AFS ({cfg.model.afs_batches} batches of {cfg.data.batch_size}): {time.perf_counter() - start:.1f} s")
 
     optimizer = model.configure_optimizers()
+    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer  # a schedule: steps/s only
     batches = itertools.cycle(list(itertools.islice(iter(data.train_dataloader()), 4)))
     model.train()
     start = time.perf_counter()
