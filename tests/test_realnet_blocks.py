@@ -127,3 +127,18 @@ def test_an_image_size_the_unets_cannot_halve_is_one_sentence() -> None:
     with pytest.raises(RealNetConfigError, match=r"^data\.image_size=48x48 gives layer blocks\.2 \(stride 8\) a map .* "
                                                  r"use sides divisible by 32\.$"):
         model.check_image_size(48, 48)
+
+
+def test_score_border_keeps_the_edges_out_of_the_image_score_only() -> None:
+    model = RealNetModel(backbone(), [8, 16], k_max=4, k_mean=4, pool_size=2, score_border=2)
+    anomaly_map = torch.zeros(2, 1, 16, 16)
+    anomaly_map[0, :, 0, 15] = 1.0          # a hot corner, as trained maps show on normal images
+    anomaly_map[1, :, 6:8, 6:8] = 0.5       # an inner defect
+    assert model.score(anomaly_map).tolist() == pytest.approx([0.0, 0.5])
+    model.score_border = 0                  # the paper's score: the corner (pooled over 2×2) wins
+    assert model.score(anomaly_map).tolist() == pytest.approx([0.25, 0.5])
+    with pytest.raises(RealNetConfigError, match=r"^model\.score_border=-1 must be 0 or more"):
+        RealNetModel(backbone(), [8, 16], k_max=4, k_mean=4, score_border=-1)
+    with pytest.raises(RealNetConfigError, match=r"^model\.score_border=32 leaves nothing of a 64x64 map; use a "
+                                                 r"border below 32\.$"):
+        RealNetModel(backbone(), [8, 16], k_max=4, k_mean=4, score_border=32).check_image_size(64, 64)

@@ -38,7 +38,7 @@ class RealNet(AnomalyModule):
     scores and indices are buffers, so a checkpoint evaluates with the same channels. Training loss:
     ``seg_weight · CE(logits, mask) + mse_weight · Σ_layers MSE(R(F(anomalous)), F(source))`` with the
     batch's ``source`` the normal image the anomaly was pasted on. Map: p(anomalous) at the input size;
-    score: max of the ``pool_size`` average-pooled map.
+    score: max of the ``pool_size`` average-pooled map inside ``score_border``.
 
     Args:
         backbone: frozen feature extractor (``model.backbone.*`` node, or a module); RealNet: WRN50 layer1–4.
@@ -48,6 +48,7 @@ class RealNet(AnomalyModule):
         width_ratio, channel_mult, num_res_blocks, attention_levels: the reconstruction UNets.
         k_max, k_mean, num_residual_layers: RRS (RealNet: 256, 256, 2).
         pool_size: average-pool side of the image score (RealNet: 16 at 256 px).
+        score_border: map pixels at each edge the image score ignores (RealNet: 0; see ``RealNetModel``).
         normalize: divide each layer's kept features by their RMS over the normal source images of the
             AFS batches (a stored constant per layer). Not in the paper, whose WRN50 features have an RMS
             near 1: the default for backbones whose features are far larger (EfficientNet-Lite0 ≈ 10);
@@ -74,6 +75,7 @@ class RealNet(AnomalyModule):
         k_mean: int = 256,
         num_residual_layers: int = 2,
         pool_size: int = 16,
+        score_border: int = 0,
         normalize: bool = False,
         seg_weight: float = 1.0,
         mse_weight: float = 1.0,
@@ -92,7 +94,7 @@ class RealNet(AnomalyModule):
         block = block if block is not None else build_block(backbone)
         self.model = RealNetModel(block, list(k), selection, selection_seed, width_ratio, list(channel_mult),
                                   num_res_blocks, list(attention_levels), k_max, k_mean, num_residual_layers,
-                                  pool_size)
+                                  pool_size, score_border)
         self.afs_seconds: float | None = None
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:

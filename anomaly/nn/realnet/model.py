@@ -55,6 +55,11 @@ class RealNetModel(nn.Module):
         k_max, k_mean, num_residual_layers: :class:`ResidualSelection` (256, 256, 2).
         pool_size: image score = max of the ``pool_size``×``pool_size`` (stride 1) average-pooled map
             (RealNet: 16 at 256 px).
+        score_border: map pixels at each edge the image score ignores (RealNet: 0). The edge pixels are
+            the ones whose features and head convolutions see zero padding, and the pixel loss barely
+            constrains them (the 4 corner pixels of a 256² map weigh 1/16384): trained maps can peak there
+            on normal images, and a max-type score then ranks those corners instead of the defects. Pixel
+            metrics use the whole map.
 
     ``feature_scale`` (one number per layer, 1 until fitted) divides the kept features: RealNet's WRN50
     features are post-ReLU with an RMS near 1, EfficientNet-Lite0's block outputs are linear bottlenecks
@@ -64,25 +69,28 @@ class RealNetModel(nn.Module):
     def __init__(self, backbone: FeatureExtractor, k: Sequence[int], selection: str = "afs", selection_seed: int = 0,
                  width_ratio: float = 0.5, channel_mult: Sequence[int] = (1, 2, 4), num_res_blocks: int = 2,
                  attention_levels: Sequence[int] = (2, 4), k_max: int = 256, k_mean: int = 256,
-                 num_residual_layers: int = 2, pool_size: int = 16) -> None:
+                 num_residual_layers: int = 2, pool_size: int = 16, score_border: int = 0) -> None:
         super().__init__()
         check_sizes(backbone, k, k_max, k_mean)
         if selection not in SELECTIONS:
             raise RealNetConfigError(f"model.selection={selection} is not one of {list(SELECTIONS)}.")
         if int(pool_size) < 1:
             raise RealNetConfigError(f"model.pool_size={pool_size} must be at least 1.")
+        if int(score_border) < 0:
+            raise RealNetConfigError(f"model.score_border={score_border} must be 0 or more (map pixels per edge).")
         self.backbone = backbone
         self.selection = FeatureSelection([backbone.channels[layer] for layer in backbone.layers], k, selection,
                                           selection_seed)
         self.unets = nn.ModuleList(ReconstructionUNet(int(c), width_ratio, channel_mult, num_res_blocks,
                                                       attention_levels) for c in k)
         self.rrs = ResidualSelection(sum(int(c) for c in k), k_max, k_mean, num_residual_layers)
-        self.pool_size = int(pool_size)
+        self.pool_size, self.score_border = int(pool_size), int(score_border)
         self.register_buffer("feature_scale", torch.ones(len(self.unets)))
         self.register_buffer("scale_fitted", torch.zeros((), dtype=torch.bool))
 
     def check_image_size(self, height: int, width: int, option: str = "data.image_size") -> None:
-        """Refuse an input size whose feature maps the UNets cannot halve ``len(channel_mult) - 1`` times."""
+        """Refuse an input size whose feature maps the UNets cannot halve ``len(channel_mult) - 1`` times, or
+        that ``score_border`` would leave empty."""
         for layer in self.backbone.layers:
             stride, factor = self.backbone.strides[layer], self.unets[0].factor
             if height % (stride * factor) or width % (stride * factor):
@@ -90,6 +98,9 @@ class RealNetModel(nn.Module):
                     f"{option}={height}x{width} gives layer {layer} (stride {stride}) a map the reconstruction "
                     f"UNet cannot halve {factor.bit_length() - 1} times; use sides divisible by "
                     f"{max(self.backbone.strides.values()) * factor}.")
+        if 2 * self.score_border >= min(height, width):
+            raise RealNetConfigError(f"model.score_border={self.score_border} leaves nothing of a {height}x{width} "
+                                     f"map; use a border below {min(height, width) // 2}.")
 
     def kept_features(self, image: Tensor) -> list[Tensor]:
         """The AFS-kept channels of every layer, divided by ``feature_scale`` (no gradient: the backbone is
@@ -110,9 +121,13 @@ class RealNetModel(nn.Module):
         return self.rrs(residuals, size)
 
     def score(self, anomaly_map: Tensor) -> Tensor:
-        """Image score: max of the stride-1 average-pooled map (the pool clipped to the map size)."""
-        size = min(self.pool_size, anomaly_map.shape[-2], anomaly_map.shape[-1])
-        return F.avg_pool2d(anomaly_map, size, stride=1).flatten(1).amax(1)
+        """Image score: max of the stride-1 average-pooled map inside ``score_border`` (the pool clipped to
+        the map size)."""
+        b = self.score_border
+        height, width = anomaly_map.shape[-2:]
+        inner = anomaly_map[..., b:height - b, b:width - b]
+        size = min(self.pool_size, inner.shape[-2], inner.shape[-1])
+        return F.avg_pool2d(inner, size, stride=1).flatten(1).amax(1)
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
         """``(p(anomalous) map B×1×H×W at the input size, image score B)``."""
