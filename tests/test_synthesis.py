@@ -65,6 +65,7 @@ def strategies(tmp_path: Path) -> dict[str, object]:
     return {
         "cutpaste": CutPaste(variant="cutpaste", normal_probability=0),
         "scar": CutPaste(variant="scar", normal_probability=0),
+        "scar_object": CutPaste(variant="scar", foreground=Foreground(), normal_probability=0),
         "perlin": PerlinSynthesis(normal_probability=0),
         "perlin_fg": PerlinSynthesis(foreground=Foreground(), normal_probability=0),
         "perlin_folder": PerlinSynthesis(texture=FolderTextures(tmp_path / "dtd"), normal_probability=0),
@@ -73,7 +74,7 @@ def strategies(tmp_path: Path) -> dict[str, object]:
     }
 
 
-NAMES = ["cutpaste", "scar", "perlin", "perlin_fg", "perlin_folder", "perlin_other", "sdas"]
+NAMES = ["cutpaste", "scar", "scar_object", "perlin", "perlin_fg", "perlin_folder", "perlin_other", "sdas"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -153,6 +154,25 @@ def test_foreground_keeps_perlin_anomalies_on_the_object() -> None:
     for _ in range(10):
         _, mask = strategy(image, rng, "obj")
         assert mask.any() and not (mask.astype(bool) & ~object_mask).any()
+
+
+def test_foreground_centres_cutpaste_scars_on_the_object() -> None:
+    image = disc_image(128, 128)
+    object_mask = Foreground()(image, "obj")
+    rng = np.random.default_rng(0)
+
+    def centres_on_object(strategy: CutPaste, category: str = "obj") -> list[bool]:
+        found = []
+        for _ in range(40):
+            _, mask = strategy(image, rng, category)
+            ys, xs = np.nonzero(mask)
+            found.append(bool(object_mask[int(round(ys.mean())), int(round(xs.mean()))]))
+        return found
+
+    assert all(centres_on_object(CutPaste(variant="scar", foreground=Foreground(), normal_probability=0)))
+    assert not all(centres_on_object(CutPaste(variant="scar", normal_probability=0))), "anywhere without a foreground"
+    texture = CutPaste(variant="scar", foreground=Foreground(texture_categories=["wood"]), normal_probability=0)
+    assert not all(centres_on_object(texture, "wood")), "a texture category's scars go anywhere"
 
 
 def test_bad_options_raise_clear_errors(tmp_path: Path) -> None:
