@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=1 python bench/realnet.py                    # experiment=realnet_cpu sizes, capsule
     OMP_NUM_THREADS=1 python bench/realnet.py --steps 20 --category wood
     OMP_NUM_THREADS=1 python bench/realnet.py data.image_size=256   # any override of the preset
+    OMP_NUM_THREADS=1 python bench/realnet.py model.feature_cache=0  # the backbone on the sources every step
 
 Composes the real presets (``experiment=realnet_cpu`` / ``realnet_mvtec``), runs AFS over the preset's
 ``afs_batches`` Perlin batches, ``--steps`` optimizer steps and one pass over the test images. The paper
@@ -72,6 +73,8 @@ def main() -> None:
     optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer  # a schedule: steps/s only
     batches = itertools.cycle(list(itertools.islice(iter(data.train_dataloader()), 4)))
     model.train()
+    for _ in range(4):  # warm-up: one pass over the batches (an epoch: fills model.feature_cache)
+        model.losses(next(batches))
     start = time.perf_counter()
     for _ in range(args.steps):
         losses = model.losses(next(batches))
@@ -79,7 +82,7 @@ def main() -> None:
         (losses["seg"] + losses["mse"]).backward()
         optimizer.step()
     print(f"training: {args.steps / (time.perf_counter() - start):.2f} steps/s (batch {cfg.data.batch_size}, "
-          f"{cfg.data.image_size} px)")
+          f"{cfg.data.image_size} px, feature cache {cfg.model.feature_cache})")
 
     model.eval()
     images, start = 0, time.perf_counter()

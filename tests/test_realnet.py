@@ -68,6 +68,21 @@ def test_a_short_run_lowers_both_losses() -> None:
         assert after < 0.7 * before, (key, [round(h[key], 4) for h in history[::4]])
 
 
+def test_the_feature_cache_gives_the_same_features_and_runs_the_backbone_on_changed_images_only() -> None:
+    cached, plain = tiny(feature_cache=16), tiny()
+    plain.load_state_dict(cached.state_dict())
+    seen: list[int] = []
+    cached.model.backbone.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    batch = pasted_batch()  # images 0 and 2 carry a pasted square; 1 and 3 were left normal
+    for _ in range(2):
+        got = cached.training_features(batch["image"], batch["source"])
+        want = plain.training_features(batch["image"], batch["source"])
+        for a, b in zip(got[0] + got[1], want[0] + want[1], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # first call: the 4 sources, then the 2 changed images; second call: the 2 changed images only
+    assert seen == [4, 2, 2] and len(cached.feature_cache) == 4
+
+
 def test_a_nan_loss_stops_with_the_shared_guard() -> None:
     with pytest.raises(NonFiniteLossError, match="RealNet's training loss became nan"):
         tiny().on_before_backward(torch.tensor(float("nan")))

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from anomaly.models.base import AnomalyModule, build_block
 from anomaly.models.lr_schedules import check_schedule, over_run
 from anomaly.nn.backbone import FeatureExtractor
+from anomaly.nn.content_cache import ContentCache
 from anomaly.nn.realnet import RealNetConfigError, RealNetModel
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,10 @@ class RealNet(AnomalyModule):
         lr, betas: Adam (RealNet: 1e-4, (0.9, 0.999)).
         lr_schedule: ``constant`` (RealNet) or ``cosine`` (to 0 over the run's steps: not in the paper, for
             short runs whose last checkpoints should come from a small learning rate).
+        feature_cache: keep the kept-channel features of up to this many distinct normal training images in
+            memory (``anomaly.nn.content_cache``; keyed by the image's content, so never stale): the frozen
+            backbone then runs once per training image for the MSE targets, and in later epochs only on the
+            images the synthesis changed (an image it left normal reuses its source's features). 0 = off.
         **kwargs: ``AnomalyModule`` options (evaluator, calibrate).
     """
 
@@ -82,6 +87,7 @@ class RealNet(AnomalyModule):
         lr: float = 1e-4,
         betas: Sequence[float] = (0.9, 0.999),
         lr_schedule: str = "constant",
+        feature_cache: int = 0,
         **kwargs: Any,
     ) -> None:
         check_schedule(lr_schedule, RealNetConfigError)
@@ -96,6 +102,7 @@ class RealNet(AnomalyModule):
                                   num_res_blocks, list(attention_levels), k_max, k_mean, num_residual_layers,
                                   pool_size, score_border)
         self.afs_seconds: float | None = None
+        self.feature_cache = ContentCache(feature_cache)
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
         return self.model(image)
@@ -182,15 +189,32 @@ class RealNet(AnomalyModule):
         if source is None:
             raise RealNetConfigError("RealNet's training batches need their normal `source` images: train with "
                                      "synthesis=perlin, synthesis=cutpaste or synthesis=sdas.")
-        n = image.shape[0]
-        features = self.model.kept_features(torch.cat([image, source]))
-        anomalous, normal = [f[:n] for f in features], [f[n:] for f in features]
+        anomalous, normal = self.training_features(image, source)
         reconstruction = self.model.reconstruct(anomalous)
         logits = self.model.logits(reconstruction.residuals, tuple(image.shape[-2:]))
         seg = F.cross_entropy(logits.float(), mask[:, 0].long())
         mse = torch.stack([F.mse_loss(r.float(), f) for r, f in zip(reconstruction.reconstructions, normal,
                                                                     strict=True)]).sum()
         return {"seg": seg, "mse": mse}
+
+    def training_features(self, image: Tensor, source: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """Kept features of the (anomalous) images and of their normal sources, per layer. With
+        ``feature_cache`` the sources' come from the cache and only the images the synthesis changed go
+        through the backbone; without it both run in one batch."""
+        n = image.shape[0]
+        if self.feature_cache.size <= 0:
+            features = self.model.kept_features(torch.cat([image, source]))
+            return [f[:n] for f in features], [f[n:] for f in features]
+        shapes = self.model.feature_shapes(*source.shape[-2:])
+        flat = self.feature_cache(source, lambda x: torch.cat([f.flatten(1) for f in self.model.kept_features(x)], 1))
+        sizes = [c * h * w for c, h, w in shapes]
+        normal = [part.reshape(n, *shape) for part, shape in zip(flat.split(sizes, dim=1), shapes, strict=True)]
+        changed = ~(image == source).flatten(1).all(1)
+        anomalous = [f.clone() for f in normal]
+        if changed.any():
+            for target, fresh in zip(anomalous, self.model.kept_features(image[changed]), strict=True):
+                target[changed] = fresh
+        return anomalous, normal
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         losses = self.losses(batch)

@@ -102,6 +102,12 @@ class RealNetModel(nn.Module):
             raise RealNetConfigError(f"model.score_border={self.score_border} leaves nothing of a {height}x{width} "
                                      f"map; use a border below {min(height, width) // 2}.")
 
+    def feature_shapes(self, height: int, width: int) -> list[tuple[int, int, int]]:
+        """``(channels, height, width)`` of each layer's kept features for an input of ``height``×``width``
+        (sides divisible by the strides, see :meth:`check_image_size`)."""
+        strides = [self.backbone.strides[layer] for layer in self.backbone.layers]
+        return [(int(k), height // s, width // s) for k, s in zip(self.selection.k, strides, strict=True)]
+
     def kept_features(self, image: Tensor) -> list[Tensor]:
         """The AFS-kept channels of every layer, divided by ``feature_scale`` (no gradient: the backbone is
         frozen)."""
