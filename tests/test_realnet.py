@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict, read_write
+from torch.utils.data import ConcatDataset
 
 import anomaly.config.resolvers  # noqa: F401  (the ${anomaly.*} resolvers of the configs)
 from anomaly.conf import CONF_DIR
@@ -24,6 +25,7 @@ from anomaly.models.guards import NonFiniteLossError
 from anomaly.models.realnet import RealNet
 from anomaly.nn.realnet import RealNetConfigError
 from anomaly.nn.realnet.afs import lowest
+from anomaly.synthesis.perlin import PerlinSynthesis
 
 pytestmark = pytest.mark.one_thread
 BACKBONE = {"_target_": "anomaly.nn.backbone.FeatureExtractor", "name": "efficientnet_lite0",
@@ -69,12 +71,14 @@ def test_a_short_run_lowers_both_losses() -> None:
 
 
 def test_the_feature_cache_gives_the_same_features_and_runs_the_backbone_on_changed_images_only() -> None:
-    cached, plain = tiny(feature_cache=16), tiny()
+    cached, plain = tiny(feature_cache=16, selection="random"), tiny(selection="random")
+    cached.model.feature_scale.copy_(torch.tensor([10.0, 4.0]))  # as normalize=true fits them
     plain.load_state_dict(cached.state_dict())
     seen: list[int] = []
     cached.model.backbone.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
-    batch = pasted_batch()  # images 0 and 2 carry a pasted square; 1 and 3 were left normal
-    for _ in range(2):
+    first = pasted_batch()  # images 0 and 2 carry a pasted square; 1 and 3 were left normal
+    again = {key: value.flip(0) for key, value in first.items()}  # the same images in another order
+    for batch in (first, again):
         got = cached.training_features(batch["image"], batch["source"])
         want = plain.training_features(batch["image"], batch["source"])
         for a, b in zip(got[0] + got[1], want[0] + want[1], strict=True):
@@ -104,6 +108,18 @@ def test_a_cosine_schedule_takes_the_learning_rate_to_zero_over_the_run() -> Non
     assert rates[0] == pytest.approx(1e-3) and rates[-1] == 0.0
     assert all(a > b for a, b in zip(rates, rates[1:], strict=False))
     assert isinstance(tiny().configure_optimizers(), torch.optim.Adam)  # constant (the paper)
+
+
+def test_afs_scores_the_synthetic_part_when_real_anomalies_join_the_training_set(synthetic_root: Path) -> None:
+    data = AnomalyDataModule(synthetic_root, MVTecLayout(), category="wood", image_size=64, num_workers=0,
+                             batch_size=4, synthesis=PerlinSynthesis(), few_shot_anomalies=2)
+    data.setup("fit")
+    assert isinstance(data.dataset("train"), ConcatDataset)  # normal images + 2 real anomalies
+    model = tiny()
+    model._trainer = SimpleNamespace(datamodule=data)  # all _anomalous_batches reads of it
+    batch = next(model._anomalous_batches())
+    assert bool(batch["mask"].flatten(1).any(1).all()), "every AFS image carries a synthetic anomaly"
+    assert not (batch["image"] == batch["source"]).flatten(1).all(1).any()
 
 
 def test_synthesis_none_is_one_sentence(synthetic_root: Path, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 
 from anomaly.models.base import AnomalyModule, build_block
 from anomaly.models.lr_schedules import check_schedule, over_run
@@ -165,6 +165,7 @@ class RealNet(AnomalyModule):
                 model.feature_scale[i] = mean_square[selection.indices(i)].mean().sqrt().float().clamp_min(1e-6)
             model.scale_fitted.fill_(True)
         self.afs_seconds = time.perf_counter() - start
+        self.feature_cache.clear()  # features kept under earlier channels or scales, if any
         log.info("AFS: %d synthetic batches in %.1f s; kept %s channels of %s; feature scales %s.", batches,
                  self.afs_seconds, selection.k, list(model.backbone.layers),
                  [round(float(v), 3) for v in model.feature_scale])
@@ -173,6 +174,8 @@ class RealNet(AnomalyModule):
         """Training batches in which every image carries a synthetic anomaly (as the official AFS), repeated."""
         datamodule = self.trainer.datamodule
         dataset = datamodule.dataset("train")
+        if isinstance(dataset, ConcatDataset):  # data.few_shot_anomalies: AFS scores the synthetic part only
+            dataset = dataset.datasets[0]
         always = copy.copy(dataset.synthesis)
         always.normal_probability = 0.0
         dataset.synthesis = always
