@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(PY) -m anomaly.train $(ARGS)
 
+# One pytest-xdist worker per core; --dist loadfile keeps each test file (and its module fixtures) on one worker.
 test: $(STAMP)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n auto --dist loadfile $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

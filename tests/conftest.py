@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Two intra-op threads at most; under pytest-xdist (`make test` runs one worker per core) the workers share the cores.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
 REPO = Path(__file__).resolve().parents[1]
 
 
