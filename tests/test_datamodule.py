@@ -14,6 +14,7 @@ from PIL import Image
 from anomaly.data.datamodule import AnomalyDataModule
 from anomaly.data.errors import DataError
 from anomaly.data.layouts import MVTecLayout
+from anomaly.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 
 
 def copy_tree(root: Path, tmp_path: Path) -> Path:
@@ -118,3 +119,11 @@ def test_synthesised_training_images_carry_their_normal_source(synthetic_root: P
     assert torch.equal(batch["image"][outside], batch["source"][outside])
     changed = (batch["image"] != batch["source"]).flatten(1).any(1)
     assert torch.equal(changed, batch["label"].bool()) and bool(changed.any())
+
+
+def test_to_tensor_normalises_channels_first() -> None:
+    image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    expected = (image.astype(np.float32) / 255.0 - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
+    out = to_tensor(image)
+    assert out.dtype == torch.float32 and out.shape == (3, 5, 7) and out.is_contiguous()
+    assert np.array_equal(out.numpy(), expected.transpose(2, 0, 1))

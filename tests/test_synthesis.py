@@ -135,6 +135,30 @@ def test_perlin_mask_scales_and_threshold() -> None:
     assert not perlin_mask((64, 64), rng, (3, 3), 0.99, 0).any()
 
 
+def reference_perlin(shape: tuple[int, int], res: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Perlin noise written out the direct way: each pixel's four corner gradients by one 2-D index."""
+    (h, w), (ry, rx) = shape, res
+    big_h, big_w = -(-h // ry) * ry, -(-w // rx) * rx
+    angles = 2 * np.pi * rng.random((ry + 1, rx + 1))
+    grads = np.stack([np.cos(angles), np.sin(angles)], axis=-1)
+    ys, xs = np.arange(h) * (ry / big_h), np.arange(w) * (rx / big_w)
+    yi, xi = ys.astype(np.int64)[:, None], xs.astype(np.int64)[None, :]
+    yf, xf = (ys % 1.0)[:, None], (xs % 1.0)[None, :]
+    dots = {(dy, dx): grads[yi + dy, xi + dx, 0] * (yf - dy) + grads[yi + dy, xi + dx, 1] * (xf - dx)
+            for dy in (0, 1) for dx in (0, 1)}
+    fy, fx = (6 * t**5 - 15 * t**4 + 10 * t**3 for t in (yf, xf))
+    left = dots[0, 0] + fy * (dots[1, 0] - dots[0, 0])
+    right = dots[0, 1] + fy * (dots[1, 1] - dots[0, 1])
+    return (np.sqrt(2) * (left + fx * (right - left))).astype(np.float32)
+
+
+@pytest.mark.parametrize(("shape", "res"), [((256, 256), (4, 8)), ((256, 256), (32, 1)), ((100, 77), (3, 5)),
+                                            ((128, 128), (1, 1))])
+def test_perlin_noise_equals_the_direct_computation(shape: tuple[int, int], res: tuple[int, int]) -> None:
+    fast = perlin_noise(shape, res, np.random.default_rng(3))
+    assert np.array_equal(fast, reference_perlin(shape, res, np.random.default_rng(3)))
+
+
 def test_foreground_segments_bright_and_dark_objects() -> None:
     fg = Foreground()
     for bright in (True, False):
