@@ -3,7 +3,9 @@ and DDP ranks under Hydra re-run their own job into its folder."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -64,8 +66,12 @@ def test_a_launcher_whose_plugin_is_missing_names_the_package(monkeypatch: pytes
     precheck.precheck("train", ["-m", "hydra/launcher=slurm", "hparams_search=padim_optuna"])  # installed: passes
 
 
-def test_ddp_ranks_of_a_sweep_job_rerun_that_job_into_its_folder(tmp_path: Path) -> None:
+def test_ddp_ranks_of_a_sweep_job_rerun_that_job_into_its_folder(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from anomaly.callbacks.ddp_strategy import job_command
+
+    # as `python -m anomaly.train` runs it (a pytest-xdist worker's __main__ has no module spec)
+    monkeypatch.setattr(sys.modules["__main__"], "__spec__", SimpleNamespace(name="anomaly.train"), raising=False)
 
     hydra = OmegaConf.create({
         "overrides": {"task": ["model.n_features=16", "seed=2", "hparams_search=padim_optuna"],
@@ -74,6 +80,7 @@ def test_ddp_ranks_of_a_sweep_job_rerun_that_job_into_its_folder(tmp_path: Path)
     })
     argv = ["anomaly/train.py", "-m", "--config-dir", "/my/conf", "model.n_features=8,16", "seed=1,2"]
     command = job_command(hydra, argv, local_rank=1)
+    assert command[:3] == [sys.executable, "-m", "anomaly.train"]
     # [python, -m, <entry module>] then: the config flags, this job's overrides (not the sweep), its folder.
     assert command[3:] == ["--config-dir", "/my/conf", "model.n_features=16", "seed=2", "hparams_search=padim_optuna",
                            "hydra.searchpath=[file:///my/conf]", f'hydra.run.dir="{tmp_path / "3_padim_synthetic"}"',
