@@ -22,12 +22,11 @@ def perlin_noise(shape: tuple[int, int], res: tuple[int, int], rng: np.random.Ge
     ry, rx = max(1, int(res[0])), max(1, int(res[1]))
     big_h, big_w = -(-h // ry) * ry, -(-w // rx) * rx
     angles = 2 * math.pi * rng.random((ry + 1, rx + 1))
-    grads = np.stack([np.cos(angles), np.sin(angles)], axis=-1)
+    gy, gx = np.cos(angles), np.sin(angles)  # each corner's gradient (y, x)
     ys = np.arange(h) * (ry / big_h)
     xs = np.arange(w) * (rx / big_w)
     rows, cols = ys.astype(np.int64), xs.astype(np.int64)
     yf, xf = (ys % 1.0)[:, None], (xs % 1.0)[None, :]
-    gy, gx = np.ascontiguousarray(grads[..., 0]), np.ascontiguousarray(grads[..., 1])
 
     def corner(dy: int, dx: int) -> np.ndarray:
         # the gradients of the cells' (dy, dx) corners: a row gather, then a column gather (far cheaper
