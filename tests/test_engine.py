@@ -103,6 +103,24 @@ def test_toy_method_retests_and_reloads_to_the_same_scores(toy_run: Path, tmp_pa
     assert model.categories == list(trained)
 
 
+def test_last_checkpoint_is_the_last_state_when_the_best_is_earlier(synthetic_root: Path, tmp_path: Path) -> None:
+    """last.ckpt is the newest state (ckpt_path=last resumes from there), not the best epoch's: ranked on the step
+    with mode=min, best.ckpt stays at the first validation (epoch 2 of 3); last.ckpt follows it and is written
+    again when training ends after an epoch no validation saved."""
+    category = categories_of(synthetic_root, 1)[0]
+    result = run("anomaly.train", *TOY, f"data.root={synthetic_root}", f"data.category={category}", *SMALL,
+                 "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2", "callbacks.model_checkpoint.monitor=step",
+                 "callbacks.model_checkpoint.mode=min", "test=false", "logger=none", f"hydra.run.dir={tmp_path / 'run'}",
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["best.ckpt", "last.ckpt"]
+    best, last = (torch.load(folder / name, map_location="cpu", weights_only=True) for name in ("best.ckpt", "last.ckpt"))
+    steps_per_epoch = best["global_step"] // 2
+    assert best["epoch"] == 1 and steps_per_epoch > 0 and best["global_step"] == 2 * steps_per_epoch
+    assert last["global_step"] == 3 * steps_per_epoch
+
+
 def test_separate_categories_log_as_their_own_versions(synthetic_root: Path, tmp_path: Path) -> None:
     first, second = categories_of(synthetic_root, 2)
     result = run("anomaly.train", *TOY, f"data.root={synthetic_root}", f"data.category=[{first},{second}]", *SMALL,

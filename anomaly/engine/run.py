@@ -168,10 +168,10 @@ def _fit(trainer: L.Trainer, model: L.LightningModule, data: L.LightningDataModu
 
 
 def _best(trainer: L.Trainer) -> str | None:
-    """The checkpoint ranked best on validation, if one was saved."""
-    callback = trainer.checkpoint_callback
-    path = getattr(callback, "best_model_path", "") if callback is not None else ""
-    return path if path and getattr(callback, "monitor", None) else None
+    """The checkpoint ranked best on validation, if one was saved (the checkpoint callback with a monitor)."""
+    ranked = [c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
+    path = getattr(ranked[0], "best_model_path", "") if ranked else ""
+    return path or None
 
 
 def _checkpoint_dir(cfg: DictConfig, output_dir: Path, unit: str) -> Path:
