@@ -166,7 +166,8 @@ class RealNet(AnomalyModule):
             model.scale_fitted.fill_(True)
         self.afs_seconds = time.perf_counter() - start
         self.feature_cache.clear()  # features kept under earlier channels or scales, if any
-        log.info("AFS: %d synthetic batches in %.1f s; kept %s channels of %s; feature scales %s.", batches,
+        log.info("%s: %d synthetic batches in %.1f s; kept %s channels of %s; feature scales %s.",
+                 "AFS" if run_afs else f"{selection.selection} channels, feature scales", batches,
                  self.afs_seconds, selection.k, list(model.backbone.layers),
                  [round(float(v), 3) for v in model.feature_scale])
 
