@@ -4,6 +4,7 @@
     OMP_NUM_THREADS=1 python bench/realnet.py --steps 20 --category wood
     OMP_NUM_THREADS=1 python bench/realnet.py data.image_size=256   # any override of the preset
     OMP_NUM_THREADS=1 python bench/realnet.py model.feature_cache=0  # the backbone on the sources every step
+    python bench/realnet.py --steps 12 --split                     # 2 threads; ms per part of a step
 
 Composes the real presets (``experiment=realnet_cpu`` / ``realnet_mvtec``), runs AFS over the preset's
 ``afs_batches`` Perlin batches, ``--steps`` optimizer steps and one pass over the test images. The paper
@@ -16,9 +17,12 @@ import argparse
 import itertools
 import resource
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -50,10 +54,40 @@ def paper_parameters() -> None:
         print(f"paper preset {name}: {count(part) / 1e6:.1f} M parameters")
 
 
+def step_parts(model: RealNet, optimizer: torch.optim.Optimizer, batches: Iterator[dict], steps: int) -> None:
+    """Milliseconds per step of each part of ``RealNet.losses`` + backward + optimizer step."""
+    parts: dict[str, float] = {}
+
+    @contextmanager
+    def timed(name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        parts[name] = parts.get(name, 0.0) + time.perf_counter() - start
+
+    for _ in range(steps):
+        batch = next(batches)
+        with timed("backbone"):
+            anomalous, normal = model.training_features(batch["image"], batch["source"])
+        with timed("reconstruction"):
+            rec = model.model.reconstruct(anomalous)
+        with timed("head"):
+            logits = model.model.logits(rec.residuals, tuple(batch["image"].shape[-2:]))
+        with timed("losses"):
+            loss = F.cross_entropy(logits, batch["mask"][:, 0].long()) + sum(
+                F.mse_loss(r, f) for r, f in zip(rec.reconstructions, normal, strict=True))
+        optimizer.zero_grad()
+        with timed("backward"):
+            loss.backward()
+        with timed("optimizer"):
+            optimizer.step()
+    print("step parts: " + ", ".join(f"{name} {1000 * t / steps:.0f} ms" for name, t in parts.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--category", default="capsule")
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--split", action="store_true", help="also time each part of a training step")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of experiment=realnet_cpu")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -83,6 +117,8 @@ def main() -> None:
         optimizer.step()
     print(f"training: {args.steps / (time.perf_counter() - start):.2f} steps/s (batch {cfg.data.batch_size}, "
           f"{cfg.data.image_size} px, feature cache {cfg.model.feature_cache})")
+    if args.split:
+        step_parts(model, optimizer, batches, args.steps)
 
     model.eval()
     images, start = 0, time.perf_counter()
