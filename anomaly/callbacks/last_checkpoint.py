@@ -24,7 +24,6 @@ class LastCheckpoint(ModelCheckpoint):
                          every_n_train_steps=every_n_train_steps)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_train_end(trainer, pl_module)
         if trainer.fast_dev_run or (self._last_checkpoint_saved and self._last_global_step_saved == trainer.global_step):
             return
         self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
