@@ -211,7 +211,15 @@ def bank_images(root: Path) -> dict[tuple[str, int], np.ndarray]:
 
 
 def test_synthesize_fills_bank_and_resumes_identically(ckpt: Path, tmp_path: Path, monkeypatch) -> None:
+    batches: list[list[float]] = []  # the strengths of each batch drawn, which name its images
+
+    def recording_sample(*args, **kwargs):
+        batches.append(kwargs["s"])
+        return sample(*args, **kwargs)
+
+    monkeypatch.setattr("anomaly.synthesis.fill.sample", recording_sample)
     full = synthesize(synth_cfg(ckpt, tmp_path / "full"))
+    full_batches, batches[:] = list(batches), []
     assert len(full) == 6 and full.image_size == (SIZE, SIZE)
     s = [e.s for e in full.entries()]
     assert all(0.1 <= v <= 0.2 for v in s) and len(set(s)) == 6
@@ -221,17 +229,20 @@ def test_synthesize_fills_bank_and_resumes_identically(ckpt: Path, tmp_path: Pat
 
     def dying_write(self, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt  # killed mid-run
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # killed between the two images of the first batch
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Bank, "write", dying_write)
     with pytest.raises(KeyboardInterrupt):
         synthesize(synth_cfg(ckpt, tmp_path / "resumed"))
     monkeypatch.setattr(Bank, "write", original)
-    assert len(Bank.open(tmp_path / "resumed")) == 3
-    synthesize(synth_cfg(ckpt, tmp_path / "resumed"))
+    assert len(Bank.open(tmp_path / "resumed")) == 1
+    assert batches == full_batches[:1]
+    synthesize(synth_cfg(ckpt, tmp_path / "resumed"))  # draws the half-written batch again, writes its missing image
+    assert batches[1:] == full_batches  # the same batches as one run: batched convolutions round by batch
     a, b = bank_images(tmp_path / "full"), bank_images(tmp_path / "resumed")
+    assert len(Bank.open(tmp_path / "resumed")) == 6
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 

@@ -109,8 +109,8 @@ def sample(unet: UNet2DModel, scheduler: DDPMScheduler, labels: torch.Tensor, nu
         s: noise strength; 0 = plain sampler.
         method: ``ancestral`` or ``ddim``.
         eta: DDIM η (ignored by the ancestral sampler).
-        generator: a ``torch.Generator`` or one per image (per-image generators make each image
-            independent of the batch it is drawn in, which the bank relies on for resuming).
+        generator: a ``torch.Generator`` or one per image (per-image generators make each image's
+            noise independent of the batch it is drawn in; the bank relies on it for resuming).
         size: (H, W); default the UNet's ``sample_size``.
         callback: called as ``callback(step, num_steps)`` after each step.
     """

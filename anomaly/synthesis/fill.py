@@ -1,8 +1,12 @@
 """Fill an SDAS bank from a trained class-conditional DDPM: per-image seeds and strengths, resumable.
 
-Each image has its own seed and strength s ~ U[sampler.s] derived from (seed, category, index), so a
-killed run resumes where it stopped and the result equals an uninterrupted run. ``anomaly.synthesize``
-is the command; this module does the work.
+Each image has its own seed and strength s ~ U[sampler.s] derived from (seed, category, index), and
+images are drawn in fixed blocks of ``batch_size`` indices (0..b-1, b..2b-1, ...), so a killed run resumes
+where it stopped and, at the same ``batch_size`` and ``n_per_class``, equals an uninterrupted run bit for bit. A block that was
+half written is drawn again whole and only its missing images are written: batched convolutions round
+differently with the batch's size and composition, so redrawing a missing image in another batch would
+change it by a few grey levels on some machines. ``anomaly.synthesize`` is the command; this module does
+the work.
 """
 
 from __future__ import annotations
@@ -72,28 +76,31 @@ def fill_bank(cfg: DictConfig, only: Sequence[str] | None = None) -> Bank:
     device = _device(cfg.device)
     unet = model.sampling_unet(bool(cfg.use_ema)).to(device).eval()
     wanted = categories if only is None else [c for c in categories if c in set(only)]
-    todo = {c: [i for i in range(int(cfg.n_per_class)) if i not in bank.done(c)] for c in wanted}
+    n, batch = int(cfg.n_per_class), int(cfg.batch_size)
+    todo = {c: [i for i in range(n) if i not in bank.done(c)] for c in wanted}
     total = sum(len(v) for v in todo.values())
-    log.info("Bank %s: %d images to sample (%d already done).", bank.root, total,
-             int(cfg.n_per_class) * len(wanted) - total)
+    log.info("Bank %s: %d images to sample (%d already done).", bank.root, total, n * len(wanted) - total)
     start, written = time.perf_counter(), 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not cfg.progress) as progress:
         task = progress.add_task("SDAS sampling", total=total)
         for category, indices in todo.items():
             label = model.categories.index(category)
-            for lo in range(0, len(indices), int(cfg.batch_size)):
-                chunk = indices[lo:lo + int(cfg.batch_size)]
+            missing = set(indices)
+            for block in sorted({i // batch for i in missing}):
+                chunk = list(range(block * batch, min(block * batch + batch, n)))
                 seeds = [entry_seed(cfg.seed, category, i) for i in chunk]
                 strengths = [float(np.random.default_rng(sd).uniform(*s_range)) for sd in seeds]
                 images = sample(unet, model.scheduler, torch.full((len(chunk),), label, device=device),
                                 num_steps=int(sampler["num_steps"]), s=strengths, method=sampler["method"],
                                 eta=float(sampler.get("eta", 0.0)),
                                 generator=[torch.Generator().manual_seed(sd) for sd in seeds])
-                for i, img, s, sd in zip(chunk, to_uint8(images), strengths, seeds, strict=True):
-                    bank.write(category, i, img, s, sd)
-                written += len(chunk)
-                progress.update(task, advance=len(chunk), description=f"SDAS sampling {category}")
+                fresh = [(i, img, st, sd) for i, img, st, sd in zip(chunk, to_uint8(images), strengths, seeds,
+                                                                     strict=True) if i in missing]
+                for i, img, st, sd in fresh:
+                    bank.write(category, i, img, st, sd)
+                written += len(fresh)
+                progress.update(task, advance=len(fresh), description=f"SDAS sampling {category}")
     elapsed = time.perf_counter() - start
     if written:
         log.info("Wrote %d images in %.1f s (%.2f images/s) to %s.", written, elapsed, written / elapsed, bank.root)
