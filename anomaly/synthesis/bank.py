@@ -10,7 +10,8 @@ Writing is kill-safe: an image is written to a temporary file and renamed into p
 is its manifest line appended (one ``write`` + fsync). A killed writer therefore leaves at worst a
 temporary file, an image without a manifest line, or a torn last manifest line; :meth:`Bank.create`
 removes all three on resume, and readers ignore them, so the bank never shows a partial or duplicate
-entry. Each entry is reproducible from its ``seed``, so a resumed bank equals an uninterrupted one.
+entry. Each entry is reproducible from its ``seed`` and its batch (``fill.py`` draws fixed blocks of
+indices), so a bank resumed at the same ``batch_size`` equals an uninterrupted one.
 """
 
 from __future__ import annotations
