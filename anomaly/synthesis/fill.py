@@ -1,12 +1,12 @@
 """Fill an SDAS bank from a trained class-conditional DDPM: per-image seeds and strengths, resumable.
 
 Each image has its own seed and strength s ~ U[sampler.s] derived from (seed, category, index), and
-images are drawn in fixed blocks of ``batch_size`` indices (0..b-1, b..2b-1, ...), so a killed run resumes
-where it stopped and, at the same ``batch_size`` and ``n_per_class``, equals an uninterrupted run bit for bit. A block that was
-half written is drawn again whole and only its missing images are written: batched convolutions round
-differently with the batch's size and composition, so redrawing a missing image in another batch would
-change it by a few grey levels on some machines. ``anomaly.synthesize`` is the command; this module does
-the work.
+images are drawn in fixed blocks of ``batch_size`` indices (0..b-1, b..2b-1, ...), so a killed run
+resumes where it stopped and, at the same ``batch_size`` and ``n_per_class``, equals an uninterrupted
+run bit for bit. A block that was half written is drawn again whole and only its missing images are
+written: batched convolutions round differently with the batch's size and composition, so redrawing a
+missing image in another batch would change it by a few grey levels on some machines.
+``anomaly.synthesize`` is the command; this module does the work.
 """
 
 from __future__ import annotations
