@@ -77,16 +77,15 @@ def fill_bank(cfg: DictConfig, only: Sequence[str] | None = None) -> Bank:
     unet = model.sampling_unet(bool(cfg.use_ema)).to(device).eval()
     wanted = categories if only is None else [c for c in categories if c in set(only)]
     n, batch = int(cfg.n_per_class), int(cfg.batch_size)
-    todo = {c: [i for i in range(n) if i not in bank.done(c)] for c in wanted}
+    todo = {c: set(range(n)) - bank.done(c) for c in wanted}  # done() reads the manifest: once per category
     total = sum(len(v) for v in todo.values())
     log.info("Bank %s: %d images to sample (%d already done).", bank.root, total, n * len(wanted) - total)
     start, written = time.perf_counter(), 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not cfg.progress) as progress:
         task = progress.add_task("SDAS sampling", total=total)
-        for category, indices in todo.items():
+        for category, missing in todo.items():
             label = model.categories.index(category)
-            missing = set(indices)
             for block in sorted({i // batch for i in missing}):
                 chunk = list(range(block * batch, min(block * batch + batch, n)))
                 seeds = [entry_seed(cfg.seed, category, i) for i in chunk]
@@ -95,12 +94,11 @@ def fill_bank(cfg: DictConfig, only: Sequence[str] | None = None) -> Bank:
                                 num_steps=int(sampler["num_steps"]), s=strengths, method=sampler["method"],
                                 eta=float(sampler.get("eta", 0.0)),
                                 generator=[torch.Generator().manual_seed(sd) for sd in seeds])
-                fresh = [(i, img, st, sd) for i, img, st, sd in zip(chunk, to_uint8(images), strengths, seeds,
-                                                                     strict=True) if i in missing]
-                for i, img, st, sd in fresh:
-                    bank.write(category, i, img, st, sd)
-                written += len(fresh)
-                progress.update(task, advance=len(fresh), description=f"SDAS sampling {category}")
+                for i, img, st, sd in zip(chunk, to_uint8(images), strengths, seeds, strict=True):
+                    if i in missing:  # the rest of a half-written block is already in the bank
+                        bank.write(category, i, img, st, sd)
+                        written += 1
+                        progress.update(task, advance=1, description=f"SDAS sampling {category}")
     elapsed = time.perf_counter() - start
     if written:
         log.info("Wrote %d images in %.1f s (%.2f images/s) to %s.", written, elapsed, written / elapsed, bank.root)
