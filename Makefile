@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test lint bench bench-deps clean
+.PHONY: install train test test-e2e lint bench bench-deps clean
 
 install: $(STAMP)
 
@@ -23,6 +23,11 @@ train: $(STAMP)
 # One pytest-xdist worker per core; --dist loadfile keeps each test file (and its module fixtures) on one worker.
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto --dist loadfile $(ARGS)
+
+# The slow end-to-end runs (marker e2e): every README command that can run here, as printed, in a subprocess.
+# Commands that share a working directory (xdist_group) stay on one worker, in README order.
+test-e2e: $(STAMP)
+	$(PY) -m pytest -q -n auto --dist loadgroup -m e2e $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -38,6 +38,17 @@ def _unique_dir(path: str) -> str:
     return _UNIQUE[path]
 
 
+def _launch_dir() -> str:
+    """The folder the command was launched from: Hydra's ``runtime.cwd`` inside a job, else the process's
+    working directory. A sweeper resolves ``hydra.sweep.dir`` before any job exists (``${hydra:runtime.cwd}``
+    is not set yet), so ``paths.root_dir`` cannot interpolate it directly."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return str(HydraConfig.get().runtime.cwd)
+    return os.getcwd()
+
+
 def _suffix(unit: Any) -> str:
     """``_<unit>`` for a category, nothing for the unified setting's empty unit."""
     return f"_{unit}" if unit not in (None, "") else ""
@@ -58,6 +69,7 @@ def register_resolvers() -> None:
         "anomaly.if_validating": _if_validating,
         "anomaly.unique_dir": _unique_dir,
         "anomaly.suffix": _suffix,
+        "anomaly.launch_dir": _launch_dir,
         "anomaly.basename": lambda path: Path(str(path)).name,
         "anomaly.sqlite": _sqlite,
         # The W&B group: a sweep's folder name for its jobs (hydra:mode is MULTIRUN), else the run folder's.
