@@ -8,6 +8,7 @@ logger's files. The work is done by ``anomaly.engine.fit``.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import hydra
@@ -15,6 +16,7 @@ from omegaconf import DictConfig
 
 from anomaly.config.precheck import launch
 from anomaly.engine import fit
+from anomaly.engine.run_folder import prepare
 from anomaly.utils.errors import user_errors
 
 
@@ -32,7 +34,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    """Entry point: check overrides first, then run Hydra."""
+    """Entry point: settle the run folder (``ckpt_path=last`` / ``<run folder>``, the lock), check overrides,
+    then run Hydra."""
+    with user_errors():
+        sys.argv[1:] = prepare(sys.argv[1:])
     launch("train", _hydra_main)
 
 

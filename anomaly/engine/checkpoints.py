@@ -69,10 +69,16 @@ def check_method(path: str | Path, target: str) -> dict[str, Any]:
 
 
 def resolve_resume(ckpt_path: str | None, checkpoint_dir: Path) -> str | None:
-    """``ckpt_path=last`` means this run's (this category's) last checkpoint, if it exists."""
+    """``ckpt_path=last`` means this run's (this category's) last checkpoint, if it exists (the command line
+    has chosen the run folder: ``anomaly.engine.run_folder``)."""
     if ckpt_path == "last":
         last = checkpoint_dir / "last.ckpt"
+        if not last.is_file():
+            print(f"ckpt_path=last: no {last} yet; training from the start.")
         return str(last) if last.is_file() else None
+    if ckpt_path and Path(ckpt_path).is_dir():
+        raise CheckpointError(f"ckpt_path={ckpt_path} is a folder; resume a run with python -m anomaly.train "
+                              "ckpt_path=<run folder>, or give a .ckpt file.")
     if ckpt_path and not Path(ckpt_path).is_file():
         raise CheckpointError(f"ckpt_path={ckpt_path} does not exist; give a .ckpt file or ckpt_path=last.")
     return ckpt_path

@@ -1,14 +1,16 @@
 """The run manifest (``manifest.json``): what a run was, so it can be compared, resumed and reported.
 
-Written when a run starts (an unfinished run has one) and again when it ends: the resolved config,
-seed, command-line overrides, library versions (``results.library_versions``, the one list),
-git commit and dirty flag, the data set fingerprint, split sizes, host, device, wall times.
-``anomaly.report`` and ``resume=true`` read it.
+Written when a run starts (``status: running``) and again when it ends (``finished``, or ``failed`` with
+the error's type and message): the resolved config, seed, command-line overrides, library versions
+(``results.library_versions``, the one list), git commit and dirty flag, the data set fingerprint, split
+sizes, host, device, wall times; a resumed run lists its earlier sessions. ``anomaly.report``,
+``resume=true`` and ``ckpt_path=last`` read it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import socket
@@ -128,6 +130,46 @@ class Manifest:
 
         if getattr(rank_zero_only, "rank", 0) == 0:
             atomic_write_json(self.path, self.data)
+        if self.data.get("status") == "running":
+            _running[self.path] = self
+        else:
+            _running.pop(self.path, None)
+
+    def fail(self, error: BaseException) -> None:
+        """Record that the run stopped on ``error`` (any exception, ``KeyboardInterrupt`` included)."""
+        end = time.time()
+        self.update(status="failed", error=error_record(error), failed=_iso(end), wall_s=round(end - self.started, 3))
+
+
+_running: dict[Path, Manifest] = {}  # manifest path -> this process's run that wrote it as running
+
+
+def mark_failed(output_dir: str | Path, error: BaseException) -> None:
+    """Mark ``<output_dir>/manifest.json`` failed if this process wrote it and it is still running."""
+    manifest = _running.get(Path(output_dir) / MANIFEST)
+    if manifest is not None:
+        manifest.fail(error)
+
+
+def error_record(error: BaseException) -> dict[str, str]:
+    """``{"type", "message"}`` of what stopped a run; Lightning turns Ctrl+C into ``SystemExit(1)``, named
+    after the ``KeyboardInterrupt`` it handled."""
+    if isinstance(error, SystemExit) and isinstance(error.__context__, KeyboardInterrupt):
+        error = error.__context__
+    kind = type(error)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    return {"type": name, "message": str(error)[:2000]}
+
+
+def earlier_sessions(output_dir: str | Path) -> list[dict[str, Any]]:
+    """The sessions recorded in ``<output_dir>/manifest.json`` before this one (a resumed run), oldest first."""
+    path = Path(output_dir) / MANIFEST
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    keys = ("started", "finished", "failed", "status", "error", "overrides", "host", "pid")
+    return [*old.get("earlier", []), {k: old[k] for k in keys if k in old}]
 
 
 def _iso(stamp: float) -> str:

@@ -1,7 +1,13 @@
-"""``resume=true``: re-running a sweep skips the jobs that finished and refuses a changed config.
+"""Resuming: ``ckpt_path=last`` / ``ckpt_path=<run folder>`` for one run, ``resume=true`` for a sweep.
 
-A job is finished when its folder holds ``metrics.json``; its folder's ``manifest.json`` holds the
-config it ran with. A re-run into the same sweep folder (``hydra.sweep.dir=<sweep>``) compares the
+One run: ``ckpt_path=last`` without ``hydra.run.dir`` resumes, in its own folder, the most recent run
+under ``<paths.log_dir>/runs`` whose ``manifest.json`` holds this command's config (where things live,
+``ckpt_path`` and the trainer's length limits aside: a run may be extended); ``ckpt_path=<run folder>``
+resumes that run with its recorded overrides plus the ones typed. :func:`resume_command` turns both into
+``hydra.run.dir=<run> ckpt_path=last`` before Hydra creates a folder, and locks the run folder.
+
+A sweep: a job is finished when its folder holds ``metrics.json``; its folder's ``manifest.json`` holds
+the config it ran with. A re-run into the same sweep folder (``hydra.sweep.dir=<sweep>``) compares the
 two: the same config skips a finished job (returning its stored metrics, so an Optuna search or a
 report sees them) and reruns an unfinished one; another config stops with the keys that differ.
 """
@@ -15,12 +21,15 @@ from typing import Any
 from anomaly.config.check import ConfigError
 from anomaly.engine.manifest import MANIFEST
 
-# Keys that may differ between the first run and its resume without changing what was computed: the flag
-# itself, and where things live (a sweep folder moved elsewhere still resumes; its data is fingerprinted).
-IGNORED = ("resume", "paths")
+# Keys that may differ between the first run and its resume without changing what was computed: the flags
+# themselves, and where things live (a sweep folder moved elsewhere still resumes; its data is fingerprinted).
+IGNORED = ("resume", "paths", "ckpt_path")
+# ... and for one run resumed in its folder: the checkpoint option and how long the trainer may go on.
+RESUME_IGNORED = (*IGNORED, "trainer.max_epochs", "trainer.max_steps", "trainer.max_time",
+                  "trainer.min_epochs", "trainer.min_steps")
 
 
-def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+def differences(old: Any, new: Any, prefix: str = "", ignored: tuple[str, ...] = IGNORED) -> list[str]:
     """Dotted keys whose values differ between two plain configs (added and removed keys included).
 
     Example:
@@ -31,9 +40,9 @@ def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
         found: list[str] = []
         for key in sorted(set(old) | set(new), key=str):
             name = f"{prefix}.{key}" if prefix else str(key)
-            if name in IGNORED:
+            if name in ignored:
                 continue
-            found += differences(old.get(key, _MISSING), new.get(key, _MISSING), name)
+            found += differences(old.get(key, _MISSING), new.get(key, _MISSING), name, ignored)
         return found
     return [] if old == new else [prefix or "<config>"]
 
@@ -47,19 +56,51 @@ def finished_metrics(output_dir: Path, config: dict[str, Any]) -> dict[str, floa
     manifest = output_dir / MANIFEST
     if not manifest.is_file():
         return None
-    old = json.loads(manifest.read_text()).get("config") or {}
-    old_dir = str((old.get("paths") or {}).get("output_dir") or output_dir)
-    old = _relocated(old, old_dir, str((config.get("paths") or {}).get("output_dir") or output_dir))
-    changed = differences(old, config)
+    old, changed = changed_keys(output_dir, config)
     if changed:
-        shown = ", ".join(f"{k} ({_get(old, k)!r} -> {_get(config, k)!r})" for k in changed[:5])
-        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
         raise ConfigError(
-            f"resume=true: {output_dir} was run with another config: {shown}{more}; resume with the same "
-            "overrides, or start a new sweep folder (leave out resume=true or set hydra.sweep.dir=...)."
+            f"resume=true: {output_dir} was run with another config: {shown(old, config, changed)}; resume with "
+            "the same overrides, or start a new sweep folder (leave out resume=true or set hydra.sweep.dir=...)."
         )
     metrics = output_dir / "metrics.json"
     return flat_metrics(json.loads(metrics.read_text())) if metrics.is_file() else None
+
+
+def changed_keys(output_dir: Path, config: dict[str, Any],
+                 ignored: tuple[str, ...] = IGNORED) -> tuple[dict[str, Any], list[str]]:
+    """The config in ``<output_dir>/manifest.json`` (its paths moved to ``config``'s run folder) and the
+    keys where ``config`` differs from it."""
+    old = json.loads((output_dir / MANIFEST).read_text()).get("config") or {}
+    old_dir = str((old.get("paths") or {}).get("output_dir") or output_dir)
+    old = _relocated(old, old_dir, str((config.get("paths") or {}).get("output_dir") or output_dir))
+    return old, differences(old, config, ignored=ignored)
+
+
+def shown(old: dict[str, Any], new: dict[str, Any], changed: list[str]) -> str:
+    """``key (old -> new)`` for the first five changed keys."""
+    text = ", ".join(f"{k} ({_short(_get(old, k))} -> {_short(_get(new, k))})" for k in changed[:5])
+    return text + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def check_same_run(output_dir: Path, config: dict[str, Any]) -> None:
+    """Refuse to resume a run in its folder with another config (``RESUME_IGNORED`` keys may differ).
+
+    Raises:
+        ConfigError: naming the keys that differ.
+    """
+    if (output_dir / MANIFEST).is_file():
+        old, changed = changed_keys(output_dir, config, RESUME_IGNORED)
+        if changed:
+            raise ConfigError(
+                f"ckpt_path=last: {output_dir} was run with another config: {shown(old, config, changed)}; resume "
+                "with its options (ckpt_path=<run folder> re-applies them), or start a new run from its weights "
+                "with ckpt_path=<run>/checkpoints/last.ckpt and without hydra.run.dir."
+            )
 
 
 def flat_metrics(results: dict[str, Any]) -> dict[str, float | None]:

@@ -37,10 +37,11 @@ from anomaly.engine.checkpoints import (
     resolve_resume,
 )
 from anomaly.engine.console import header, quiet_lightning
-from anomaly.engine.manifest import Manifest, data_record
+from anomaly.engine.lock import holding
+from anomaly.engine.manifest import Manifest, data_record, earlier_sessions, mark_failed
 from anomaly.engine.media import log_results
 from anomaly.engine.results import print_table, write_curves, write_metrics
-from anomaly.engine.resume import finished_metrics
+from anomaly.engine.resume import check_same_run, finished_metrics
 from anomaly.metrics import MEAN, POOLED, mean_over_categories
 from anomaly.models.base import AnomalyModule
 from anomaly.utils.atomic import atomic_write_json
@@ -77,9 +78,22 @@ class Aggregate:
 def fit(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit, select (on validation) and test the configured model on the configured data.
 
+    The run folder is locked for the run (a second training into it stops, ``lock.RunLockedError``); a
+    run that raises (Ctrl+C included) is marked ``failed`` with the error in its ``manifest.json``.
     Returns ``(metrics, objects)``: metrics map ``val/...`` and ``test/<category|mean>/<metric>`` to
     floats (``cfg.optimized_metric`` is one of them); objects hold the last model, trainer, data.
     """
+    output_dir = Path(cfg.paths.output_dir)
+    with holding(output_dir):
+        try:
+            return _fit_run(cfg)
+        except BaseException as error:
+            mark_failed(output_dir, error)
+            raise
+
+
+def _fit_run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``fit`` in its locked folder."""
     check_targets(cfg)
     quiet_lightning()
     if cfg.get("ckpt_path") not in (None, "last"):
@@ -93,6 +107,9 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             return finished, {}
     L.seed_everything(cfg.seed, workers=True)
     manifest = Manifest(output_dir, config, *_job())
+    if cfg.get("ckpt_path") == "last":  # resumed in its folder: the same run (refused if not), its sessions kept
+        check_same_run(output_dir, config)
+        manifest.data.update(earlier=earlier_sessions(output_dir))
     first_model = build_model(cfg)  # model options fail here, before any data is read
     datamodule = build_datamodule(cfg)
     categories = datamodule.categories
