@@ -8,6 +8,8 @@ their own folder compose and pass.
 from __future__ import annotations
 
 import difflib
+import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,7 +20,8 @@ from hydra.errors import HydraException
 
 import anomaly.config.resolvers  # noqa: F401 - registers ${anomaly.*} for every entry point
 from anomaly.conf import CONF_DIR
-from anomaly.config.check import ConfigError, check_override_keys
+from anomaly.config.check import ConfigError, check_override_keys, check_value
+from anomaly.utils.errors import user_errors
 
 INTERNAL_GROUPS = {"base", "hydra", "__pycache__"}
 # Options served by a Hydra plugin package: (group, option or "*") -> (its module, the package to install).
@@ -79,6 +82,7 @@ def precheck(config_name: str, argv: Sequence[str]) -> None:
     Sweep values (``a,b``) are checked one by one for groups; keys are checked once, on the config
     composed with the first value of every swept group.
     """
+    check_stray_words(argv)
     extra = user_config_dirs(argv)
     groups = _groups(extra)
     group_overrides: list[str] = []
@@ -110,6 +114,7 @@ def precheck(config_name: str, argv: Sequence[str]) -> None:
             group_overrides.append(f"{key}={value.split(',')[0].strip()}")
         else:
             key_overrides.append(arg)
+            check_override_values(arg)
     if not key_overrides:
         return  # group choices are checked above; Hydra composes the rest
     searchpath = [f"hydra.searchpath=[{','.join(f'file://{d.resolve()}' for d in extra)}]"] if extra else []
@@ -121,6 +126,39 @@ def precheck(config_name: str, argv: Sequence[str]) -> None:
     check_override_keys(cfg, [_first_value(o) for o in key_overrides])
 
 
+def check_stray_words(argv: Sequence[str]) -> None:
+    """Raise ``ConfigError`` for a word that is no ``key=value`` override: most often the rest of a value with a
+    space that the shell split off (``input=/tmp/my images/``), so the sentence shows it quoted."""
+    from hydra._internal.utils import get_args_parser
+
+    words, _ = get_args_parser().parse_known_args(list(argv))
+    overrides = list(words.overrides or [])
+    for i, word in enumerate(overrides):
+        if "=" in word or word.startswith("~"):
+            continue
+        before = overrides[i - 1] if i and "=" in overrides[i - 1] else None
+        if before is not None:
+            joined = shlex.quote(f"{before} {word}")
+            raise ConfigError(f"'{word}' is not a key=value override: the shell split '{before} {word}' at a "
+                              f"space; quote a value that holds spaces: {joined}.")
+        raise ConfigError(f"'{word}' is not a key=value override; write options as key=value (e.g. data.category=wood) "
+                          "and quote a value that holds spaces.")
+
+
+def check_override_values(override: str) -> None:
+    """``check_value`` for each value of a ``key=value`` override (every value of a ``a,b`` or ``range`` sweep)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_override(override)
+        values = list(parsed.sweep_iterator()) if parsed.is_sweep_override() else [parsed.value()]
+    except Exception:  # noqa: BLE001 - Hydra reports a malformed override; interval sweeps are not enumerable
+        return
+    if not parsed.is_delete():
+        for value in values:
+            check_value(parsed.key_or_group, value)
+
+
 def _first_value(override: str) -> str:
     key, value = override.split("=", 1)
     return f"{key}={value.split(',')[0]}"
@@ -128,9 +166,20 @@ def _first_value(override: str) -> str:
 
 def launch(config_name: str, hydra_main: Callable[[], Any]) -> None:
     """Entry points' ``main``: check the command line's overrides (one clear line on a typo), then
-    run the Hydra main."""
-    try:
+    run the Hydra main.
+
+    Hydra prints what fails while it sets a run up (creating the run folder, writing ``.hydra/``) as a
+    traceback; with ``HYDRA_FULL_ERROR`` set it raises instead, and a user error among those (a read-only
+    or full output folder) becomes one sentence here. Bugs keep their (full) traceback.
+    """
+    with user_errors():
         precheck(config_name, sys.argv[1:])
-    except ConfigError as error:
-        sys.exit(f"Error: {error}")
-    hydra_main()
+        full_error = os.environ.get("HYDRA_FULL_ERROR")
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        try:
+            hydra_main()
+        finally:
+            if full_error is None:
+                os.environ.pop("HYDRA_FULL_ERROR", None)
+            else:
+                os.environ["HYDRA_FULL_ERROR"] = full_error

@@ -26,7 +26,8 @@ from anomaly.deploy.thresholds import pick
 from anomaly.engine.checkpoints import load_method, method_of
 from anomaly.engine.run import selected_checkpoints
 from anomaly.models.base import AnomalyModule
-from anomaly.utils.atomic import atomic_write_json
+from anomaly.utils.atomic import atomic_write_json, check_writable
+from anomaly.utils.errors import storage_error
 
 #: Largest |exported - checkpoint| accepted, relative to the largest map value (float32 reordering).
 PARITY = 1e-4
@@ -74,6 +75,7 @@ def export_checkpoint(checkpoint: Path, fmt: str, output: Path | None = None, th
     output = output if output is not None else checkpoint.with_suffix(suffix)
     if output.suffix.lower() != suffix:
         raise ConfigError(f"output={output} must end in {suffix} for format={fmt}.")
+    check_writable(output.parent)  # a read-only or full folder is one sentence, before any work
     preprocess = Preprocess.from_data_config(payload["anomaly_config"]["data"])
     categories = [str(c) for c in payload.get("anomaly_categories") or []]
     category = categories[0] if len(categories) == 1 else None
@@ -82,7 +84,6 @@ def export_checkpoint(checkpoint: Path, fmt: str, output: Path | None = None, th
                       f"ckpt_path={checkpoint}")
     height, width = preprocess.rgb(np.zeros((8, 8, 3), np.uint8)).shape[:2]
     example = torch.zeros(1, 3, height, width)
-    output.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes on shape checks that are constants of the graph
         if fmt == "onnx":
@@ -114,6 +115,8 @@ def _to_onnx(model: AnomalyModule, example: torch.Tensor, output: Path, opset: i
         axes = {"image": {0: "batch"}, "anomaly_map": {0: "batch"}, "score": {0: "batch"}}
         model.to_onnx(str(output), example, **names, dynamic_axes=axes, opset_version=opset, dynamo=False)
     except Exception as first:  # noqa: BLE001 - the TorchScript exporter raises many types; torch.export decides
+        if storage_error(first) is not None:
+            raise  # the folder, not the graph: user_errors names it
         try:
             batch = torch.export.Dim("batch", min=1, max=4096)
             model.to_onnx(str(output), example, **names, dynamic_shapes={"image": {0: batch}},

@@ -7,7 +7,8 @@ as numpy arrays.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from anomaly.config.check import ConfigError
+from anomaly.utils.errors import storage_error
 
 #: Exported formats: file suffix, and the extra that installs their runtime.
 FORMATS = {"onnx": (".onnx", "export"), "openvino": (".xml", "openvino"), "torchscript": (".pt", None)}
@@ -33,6 +35,19 @@ def require(module: str, extra: str, what: str) -> Any:
     except ImportError:
         raise ConfigError(f"{what} needs the package '{module}', which is not installed; "
                           f"install it with pip install 'anomaly[{extra}]'.") from None
+
+
+@contextmanager
+def unreadable(path: Path, kind: str) -> Iterator[None]:
+    """A runtime that cannot load ``path`` (corrupt, truncated, not that format) is one sentence naming it."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - each runtime raises its own types for a bad file
+        if storage_error(error) is not None:
+            raise
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ConfigError(f"ckpt_path={path} is not a readable {kind} model ({reason}); export it again with "
+                          "python -m anomaly.export ckpt_path=<run folder or .ckpt>, or give the checkpoint.") from error
 
 
 class TorchRuntime:
@@ -57,7 +72,8 @@ class OnnxRuntime:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        with unreadable(path, "ONNX"):
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, images: np.ndarray, categories: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         anomaly_map, score = self.session.run(None, {"image": images})
@@ -72,7 +88,8 @@ class OpenVinoRuntime:
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        with unreadable(path, "OpenVINO"):
+            self.compiled = ov.Core().compile_model(str(path), "CPU", config)
 
     def __call__(self, images: np.ndarray, categories: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         result = self.compiled([images])
@@ -83,7 +100,8 @@ class TorchScriptRuntime:
     """An exported TorchScript ``.pt`` file."""
 
     def __init__(self, path: Path) -> None:
-        self.module = torch.jit.load(str(path), map_location="cpu").eval()
+        with unreadable(path, "TorchScript"):
+            self.module = torch.jit.load(str(path), map_location="cpu").eval()
 
     def __call__(self, images: np.ndarray, categories: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():

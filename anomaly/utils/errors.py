@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 # torch.utils.data re-raises an exception of a DataLoader worker (or of the pin-memory thread) in the
 # main process as "Caught <Name> in DataLoader worker process <N>.\nOriginal Traceback ...", the
@@ -61,11 +63,52 @@ def _anomaly_class(text: str, name: str) -> type[BaseException] | None:
     return found if isinstance(found, type) and issubclass(found, BaseException) else None
 
 
+#: Where to write instead, for any entry point (the run folder's root, or predict's and export's ``output``).
+_ELSEWHERE = "paths.log_dir=<folder> for a run's folder, output=<path> for predict and export"
+#: Write failures that are the machine's state, not a bug: a full disk or quota, a read-only or forbidden folder.
+FULL, READ_ONLY, DENIED = {errno.ENOSPC, errno.EDQUOT}, {errno.EROFS}, {errno.EACCES, errno.EPERM}
+
+
+def storage_error(error: BaseException) -> OSError | None:
+    """The full-disk, read-only or permission ``OSError`` behind ``error`` (itself, its cause or context).
+
+    ``torch.save`` on a full disk raises a ``RuntimeError`` ("unexpected pos ...") whose context is the
+    ``OSError`` the file's ``write`` raised, so the implicit context is followed too.
+    """
+    current: BaseException | None = error
+    seen: set[int] = set()
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in FULL | READ_ONLY | DENIED:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def storage_message(error: OSError) -> str:
+    """One sentence for a full disk, a read-only file system or a denied write, naming the folder."""
+    path = Path(str(error.filename)) if error.filename else None
+    if path is not None:
+        path = path.expanduser().absolute()
+    existing_file = path is not None and path.is_file()
+    folder = path.parent if path is not None and (existing_file or not path.is_dir()) else path
+    where = str(folder) if folder is not None else "the output folder"
+    if error.errno in FULL:
+        return f"no space left on {where} (writing {path.name if path else 'a file'}); free some space there or " \
+               f"write elsewhere ({_ELSEWHERE})."
+    if error.errno in READ_ONLY:
+        return f"{where} is on a read-only file system; write elsewhere ({_ELSEWHERE})."
+    if existing_file:
+        return f"{path} cannot be opened (permission denied); fix its permissions or use another file."
+    return f"{where} is not writable (permission denied); choose another folder ({_ELSEWHERE})."
+
+
 def user_message(error: BaseException) -> str | None:
     """The one sentence to show for a user error (also when raised in a DataLoader worker), else ``None``.
 
     ``hydra.utils.instantiate`` wraps what a constructor raised; the cause is what the user must fix,
-    so the ``__cause__`` chain is followed down to the first user error.
+    so the ``__cause__`` chain is followed down to the first user error. A full disk, a read-only
+    folder or a denied write anywhere in the chain is one sentence naming the folder (``storage_message``).
     """
     current: BaseException | None = error
     while current is not None:
@@ -77,7 +120,8 @@ def user_message(error: BaseException) -> str | None:
         elif is_user_error(current):
             return str(current)
         current = current.__cause__
-    return None
+    storage = storage_error(error)
+    return storage_message(storage) if storage is not None else None
 
 
 @contextmanager
