@@ -32,13 +32,15 @@ def quiet_lightning() -> None:
 
 def recipe(cfg: DictConfig) -> dict[str, Any]:
     """What the chosen model's YAML sets outside ``model`` (its data/trainer recipe), with the values
-    the run actually uses (a data set's YAML or the command line may have changed them)."""
+    the run actually uses (a data set's YAML may have changed them); keys the command line sets are left
+    out, the user knows those."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
         hydra = HydraConfig.get()
         choice = hydra.runtime.choices.get("model")
         sources = [(s.schema, s.path) for s in hydra.runtime.config_sources]
+        typed = {o.split("=", 1)[0].lstrip("+~") for o in hydra.overrides.task}
     except ValueError:  # not under Hydra (tests that compose by hand)
         return {}
     text = None
@@ -59,7 +61,8 @@ def recipe(cfg: DictConfig) -> dict[str, Any]:
         if group in ("model", "defaults"):
             continue
         for key in _leaves(own[group], str(group)):
-            keys[key] = OmegaConf.select(cfg, key)
+            if not any(key == t or key.startswith(f"{t}.") for t in typed):
+                keys[key] = OmegaConf.select(cfg, key)
     return keys
 
 
@@ -72,9 +75,11 @@ def _leaves(node: Any, prefix: str) -> list[str]:
 def header(cfg: DictConfig, setting: str, categories: list[str], output_dir: Path) -> None:
     """One line naming the run, plus the model's recipe when it sets data/trainer values."""
     method = str(cfg.model._target_).rsplit(".", 1)[-1]
-    data = _choice("data") or "data"
+    choice = _choice("data")  # evaluate composes no data group: its data come from the checkpoint's run
+    root = OmegaConf.select(cfg, "data.root", default=None)
+    data = f"data={choice}" if choice else f"data.root={root}" if root is not None else "data of the run"
     shown = ", ".join(categories[:6]) + (f", … ({len(categories)})" if len(categories) > 6 else "")
-    print(f"{method} · data={data} · {setting} · {shown} → {output_dir}", flush=True)
+    print(f"{method} · {data} · {setting} · {shown} → {output_dir}", flush=True)
     values = recipe(cfg)
     if values:
         print(f"  model={_choice('model')} recipe: " + ", ".join(f"{k}={v}" for k, v in values.items()), flush=True)

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from anomaly.data.errors import DataError
-from anomaly.data.synthetic.generate import GENERATOR_VERSION, category_names, generate
+from anomaly.data.synthetic.generate import GENERATOR_VERSION, category_names
+from anomaly.data.synthetic.generate import generate as generate_set
 
 STAMP = ".synthetic.json"
-SIGNATURE = inspect.signature(generate)
+SIGNATURE = inspect.signature(generate_set)
 
 
 def _parameters(params: dict[str, Any]) -> dict[str, Any]:
@@ -60,7 +61,8 @@ def _remove_stale(root: Path) -> None:
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def ensure_synthetic(root: str | Path, **params: Any) -> Path:
+def ensure_synthetic(root: str | Path, generate: bool | str = True, default_root: str | Path | None = None,
+                     **params: Any) -> Path:
     """Return ``root`` holding the synthetic data set for ``params``, generating it when needed.
 
     Generation writes into a temporary sibling folder that is renamed into place only once complete,
@@ -69,31 +71,52 @@ def ensure_synthetic(root: str | Path, **params: Any) -> Path:
 
     Args:
         root: the data set folder (``data.root``).
+        generate: ``True`` generates a missing set at ``root``; ``"auto"`` (the configs' choice) only at
+            ``default_root``, so a mistyped ``data.root`` is an error rather than 51 MB written there.
+        default_root: where ``"auto"`` generates (``${paths.data_dir}/synthetic``).
         **params: keyword arguments of :func:`anomaly.data.synthetic.generate`.
 
     Raises:
-        DataError: ``root`` holds other files (not a synthetic data set), or a parameter is unknown.
+        DataError: ``root`` holds other files (not a synthetic data set), has no set and generating there
+            was not asked for, or a parameter is unknown.
     """
     root = Path(root).expanduser().absolute()
     wanted = _parameters(params)
-    if read_stamp(root) == wanted:
+    stamp = read_stamp(root)
+    if stamp == wanted:
         return root
-    if root.exists() and read_stamp(root) is None and (not root.is_dir() or any(root.iterdir())):
+    if root.exists() and stamp is None and (not root.is_dir() or any(root.iterdir())):
         raise DataError(
             f"data.root={root} exists and is not a synthetic data set (no {STAMP}); "
             "point data.root at a new folder or delete this one."
+        )
+    if stamp is None and not _may_generate(root, generate, default_root):
+        state = "is an empty folder" if root.exists() else "does not exist"
+        place = f", {Path(default_root).expanduser().absolute()}" if default_root is not None else ""
+        raise DataError(
+            f"data.root={root} {state} (the synthetic set is generated only at its default place{place}); "
+            "fix data.root, or add data.prepare.generate=true to generate the set there."
         )
     root.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(root)
     work = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-{os.getpid()}-", dir=root.parent))
     try:
-        generate(work, **params)
+        generate_set(work, **params)
         (work / STAMP).write_text(json.dumps(wanted, indent=1, sort_keys=True) + "\n")
         work.chmod(0o755)  # mkdtemp makes it private; the data set is ordinary readable data
         _install(work, root, wanted)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return root
+
+
+def _may_generate(root: Path, generate: bool | str, default_root: str | Path | None) -> bool:
+    """Whether a missing set may be generated at ``root`` (see ``ensure_synthetic``'s ``generate``)."""
+    if str(generate).lower() == "auto":
+        return default_root is not None and root.resolve() == Path(default_root).expanduser().resolve()
+    if isinstance(generate, bool):
+        return generate
+    raise DataError(f"data.prepare.generate={generate} is not valid; use auto, true or false.")
 
 
 def _install(work: Path, root: Path, wanted: dict[str, Any]) -> None:
