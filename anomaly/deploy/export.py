@@ -82,7 +82,7 @@ def export_checkpoint(checkpoint: Path, fmt: str, output: Path | None = None, th
     source = resolve_source(payload, threshold_source, checkpoint)
     thresholds = pick(ensure_thresholds(checkpoint, payload, model, source), source, category,
                       f"ckpt_path={checkpoint}")
-    height, width = preprocess.rgb(np.zeros((8, 8, 3), np.uint8)).shape[:2]
+    height, width = preprocess.input_shape()
     example = torch.zeros(1, 3, height, width)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes on shape checks that are constants of the graph

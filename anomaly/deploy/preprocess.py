@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,9 +41,19 @@ class Preprocess:
         object.__setattr__(self, "_geometry", geometry(self.image_size, self.crop_size))
 
     def rgb(self, image: np.ndarray | str | Path) -> np.ndarray:
-        """The uint8 RGB image after the run's geometry (what the model sees, before normalisation)."""
+        """The uint8 RGB image after the run's geometry (what the model sees, before normalisation).
+
+        An image smaller than ``image_size`` is upscaled: one warning line on stderr names the first file of
+        each such size (``warn_upscaled``).
+        """
         array = read_image(image) if isinstance(image, str | Path) else _as_rgb(image)
+        warn_upscaled(image if isinstance(image, str | Path) else "an image array", array.shape[:2], self.image_size)
         return self._geometry(image=array)["image"]
+
+    def input_shape(self) -> tuple[int, int]:
+        """(height, width) of what the model sees: ``image_size`` after the optional crop."""
+        height, width = (self.image_size, self.image_size) if isinstance(self.image_size, int) else self.image_size
+        return self._geometry(image=np.zeros((height, width, 3), np.uint8))["image"].shape[:2]
 
     def normalise(self, rgb: np.ndarray) -> np.ndarray:
         """A geometry-transformed uint8 RGB image as the normalised float32 3×h×w model input."""
@@ -54,6 +65,21 @@ class Preprocess:
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON beside exported models)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+_WARNED: set[tuple[tuple[int, int], tuple[int, int]]] = set()
+
+
+def warn_upscaled(name: str | Path, shape: tuple[int, ...], image_size: int | tuple[int, int]) -> None:
+    """One line on stderr when an image is smaller than the model's input size (it is upscaled, and its score
+    is less reliable), once per (image size, input size) so that a folder of such images gives one line."""
+    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    got = (int(shape[0]), int(shape[1]))
+    if (got[0] >= height and got[1] >= width) or (got, (height, width)) in _WARNED:
+        return
+    _WARNED.add((got, (height, width)))
+    print(f"warning: {name} is {got[1]}×{got[0]} px, smaller than the model's input {width}×{height}: it is "
+          f"upscaled and its score is less reliable (other {got[1]}×{got[0]} images are not named).", file=sys.stderr)
 
 
 def _as_rgb(image: np.ndarray) -> np.ndarray:

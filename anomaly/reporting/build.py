@@ -83,8 +83,7 @@ def _plots(runs: Sequence[Run], parameters: Sequence[str], metrics: Sequence[str
         if lines:
             figures.append(save(curve_figure(category, lines), where / f"curves_{category}.png"))
     for parameter in parameters:
-        points = {m: [(run.overrides.get(parameter, ""), _mean(run, m)) for run in runs if _mean(run, m) is not None]
-                  for m in metrics}
+        points = {m: parameter_lines(runs, parameters, parameter, m) for m in metrics}
         figures.append(save(parameter_figure(parameter, points), where / f"{_safe(parameter)}.png"))
     bars = [m for m in BAR_METRICS if m in metrics]
     if bars:
@@ -98,18 +97,40 @@ def _plots(runs: Sequence[Run], parameters: Sequence[str], metrics: Sequence[str
                             per.setdefault(category, []).append(float(result[metric]))
                 values.setdefault(metric, {})[method] = {
                     c: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for c, v in per.items()}
-        figures.append(save(bar_figure(bars, values), where / "methods_by_category.png"))
+        spread = {method: spread_over([r for r in runs if r.method == method], parameters)
+                  for method in sorted({run.method for run in runs})}
+        figures.append(save(bar_figure(bars, values, spread), where / "methods_by_category.png"))
     return figures
+
+
+def parameter_lines(runs: Sequence[Run], parameters: Sequence[str], parameter: str,
+                    metric: str) -> dict[str, list[tuple[Any, float]]]:
+    """``(value of parameter, metric)`` points per line: one line per category and per setting of what else
+    differs between the runs (method, data, setting, the other swept parameters), never one through several."""
+    varying = [k for k in ("method", "data", "setting") if len({getattr(r, k) for r in runs}) > 1]
+    others = [p for p in parameters if p != parameter]
+    lines: dict[str, list[tuple[Any, float]]] = {}
+    for run in runs:
+        group = [str(getattr(run, k)) for k in varying]
+        group += [f"{p.rsplit('.', 1)[-1]}={run.overrides.get(p, '')}" for p in others]
+        for category, values in run.categories.items():
+            if values.get(metric) is not None:
+                lines.setdefault(" ".join([*group, category]), []).append(
+                    (run.overrides.get(parameter, ""), float(values[metric])))
+    return lines
+
+
+def spread_over(runs: Sequence[Run], parameters: Sequence[str]) -> str:
+    """What differs between ``runs`` pooled into one error bar: "seeds" only when nothing else does."""
+    parts = ["seeds"] if len({str(r.seed) for r in runs}) > 1 else []
+    parts += [k for k in ("data", "setting") if len({getattr(r, k) for r in runs}) > 1]
+    parts += [p for p in parameters if len({r.overrides.get(p) for r in runs}) > 1]
+    return " and ".join(parts) if parts else "nothing (one run)"
 
 
 def _label(run: Run, parameters: Sequence[str]) -> str:
     swept = " ".join(f"{p.rsplit('.', 1)[-1]}={run.overrides[p]}" for p in parameters if p in run.overrides)
     return " ".join(part for part in (run.method, swept) if part)
-
-
-def _mean(run: Run, metric: str) -> float | None:
-    value = (run.mean or {}).get(metric) if len(run.categories) > 1 else next(iter(run.categories.values())).get(metric)
-    return None if value is None else float(value)
 
 
 def _safe(name: str) -> str:

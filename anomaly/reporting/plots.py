@@ -45,38 +45,47 @@ def curve_figure(title: str, curves: Mapping[str, Mapping[str, Mapping[str, Sequ
     return fig
 
 
-def parameter_figure(parameter: str, points: Mapping[str, Sequence[tuple[Any, float]]]) -> Figure:
-    """Metric against one swept parameter: one panel per metric, one dot per run, the mean per value.
+def parameter_figure(parameter: str, points: Mapping[str, Mapping[str, Sequence[tuple[Any, float]]]]) -> Figure:
+    """Metric against one swept parameter: one panel per metric, one line per group (a category, with the
+    other settings that differ), one dot per run and the mean over a group's runs (seeds) at each value.
 
     Args:
         parameter: the swept key (x axis).
-        points: metric -> ``(parameter value, metric value)`` per run.
+        points: metric -> line label -> ``(parameter value, metric value)`` per run.
     """
     metrics = list(points)
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
-        xs, ys = zip(*points[metric], strict=True) if points[metric] else ((), ())
+        xs = [x for line in points[metric].values() for x, _ in line]
         numeric = all(_is_number(x) for x in xs)
         labels = sorted({str(x) for x in xs}, key=lambda v: float(v) if numeric else v)
         position = {v: (float(v) if numeric else i) for i, v in enumerate(labels)}
-        ax.scatter([position[str(x)] for x in xs], ys, s=12, alpha=0.6)
-        means = [np.mean([y for x, y in zip(xs, ys, strict=True) if str(x) == v]) for v in labels]
-        ax.plot([position[v] for v in labels], means, color="black", linewidth=1)
+        for name, line in points[metric].items():
+            at = [v for v in labels if any(str(x) == v for x, _ in line)]
+            means = [np.mean([y for x, y in line if str(x) == v]) for v in at]
+            drawn = ax.plot([position[v] for v in at], means, linewidth=1, marker=".", label=name)
+            ax.scatter([position[str(x)] for x, _ in line], [y for _, y in line], s=12, alpha=0.4,
+                       color=drawn[0].get_color())
         if not numeric:
             ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=7)
         ax.set(title=metric, xlabel=parameter)
         ax.grid(alpha=0.3)
+    if any(len(lines) > 1 for lines in points.values()):
+        axes[0][0].legend(fontsize=6)
     fig.tight_layout()
     return fig
 
 
-def bar_figure(metrics: Sequence[str], values: Mapping[str, Mapping[str, Mapping[str, tuple[float, float]]]]) -> Figure:
+def bar_figure(metrics: Sequence[str], values: Mapping[str, Mapping[str, Mapping[str, tuple[float, float]]]],
+               spread: Mapping[str, str] | None = None) -> Figure:
     """Per-category bars comparing methods, one panel per metric, with ± std error bars.
 
     Args:
         metrics: the panels.
         values: metric -> method -> category -> ``(mean, std)``.
+        spread: method -> what its error bars are a spread over ("seeds", "seeds and model.lr" ...), in the legend.
     """
+    spread = spread or {}
     fig, axes = plt.subplots(len(metrics), 1, figsize=(8, 2.8 * len(metrics)), squeeze=False)
     for ax, metric in zip(axes[:, 0], metrics, strict=True):
         methods = list(values.get(metric, {}))
@@ -84,8 +93,9 @@ def bar_figure(metrics: Sequence[str], values: Mapping[str, Mapping[str, Mapping
         width = 0.8 / max(1, len(methods))
         for i, method in enumerate(methods):
             pairs = [values[metric][method].get(c, (np.nan, 0.0)) for c in categories]
+            label = f"{method} (± std over {spread[method]})" if method in spread else method
             ax.bar(np.arange(len(categories)) + i * width, [p[0] for p in pairs], width,
-                   yerr=[p[1] for p in pairs], label=method, capsize=2)
+                   yerr=[p[1] for p in pairs], label=label, capsize=2)
         ax.set_xticks(np.arange(len(categories)) + width * (len(methods) - 1) / 2, categories, fontsize=8)
         ax.set(title=metric, ylim=(0, 1.05))
         ax.legend(fontsize=7)
