@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from anomaly.config.precheck import launch
 from anomaly.engine import fit
-from anomaly.engine.run_folder import prepare
+from anomaly.engine.run_folder import lock_run_folder, resume_command
 from anomaly.utils.errors import user_errors
 
 
@@ -33,12 +33,18 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return float(value) if value is not None else None
 
 
-def main() -> None:
-    """Entry point: settle the run folder (``ckpt_path=last`` / ``<run folder>``, the lock), check overrides,
-    then run Hydra."""
+def _locked_main() -> None:
     with user_errors():
-        sys.argv[1:] = prepare(sys.argv[1:])
-    launch("train", _hydra_main)
+        lock_run_folder(sys.argv[1:])
+    _hydra_main()
+
+
+def main() -> None:
+    """Entry point: settle the run folder (``ckpt_path=last`` / ``<run folder>``), check overrides, lock
+    the run folder, then run Hydra."""
+    with user_errors():
+        sys.argv[1:] = resume_command(sys.argv[1:])
+    launch("train", _locked_main)
 
 
 if __name__ == "__main__":

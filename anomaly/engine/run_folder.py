@@ -3,8 +3,8 @@
 ``ckpt_path=last`` without ``hydra.run.dir`` means the most recent run under ``<paths.log_dir>/runs``
 whose ``manifest.json`` holds this command's config (``resume.RESUME_IGNORED`` aside); ``ckpt_path=<run
 folder>`` means that run, with its recorded overrides and then the ones typed. Both become
-``hydra.run.dir=<run> ckpt_path=last``. A single run's folder is then locked (``lock.acquire``), so a second
-training into it stops before Hydra writes anything there.
+``hydra.run.dir=<run> ckpt_path=last``. A single run's folder is then locked (``lock.acquire``), after the
+overrides are checked, so a second training into it stops before Hydra writes anything there.
 """
 
 from __future__ import annotations
@@ -24,30 +24,38 @@ from anomaly.engine.resume import RESUME_IGNORED, differences, shown
 _FLAGS_WITH_VALUE = ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp")
 
 
-def prepare(argv: Sequence[str], config_name: str = "train") -> list[str]:
-    """The command line to run instead of ``argv`` (see the module), with the run folder locked when known.
+def resume_command(argv: Sequence[str], config_name: str = "train") -> list[str]:
+    """The command line to run instead of ``argv``: ``ckpt_path=last`` / ``<run folder>`` made explicit.
 
     Raises:
         ConfigError: nothing to resume, or a folder that is not a run.
-        RunLockedError: another training holds the folder.
     """
     argv = list(argv)
     overrides = _overrides(argv)
     ckpt = _value(overrides, "ckpt_path")
     run_dir = _value(overrides, "hydra.run.dir")
-    if any(a in ("-m", "--multirun") for a in argv):
+    if _multirun(argv):
         if ckpt == "last" and _value(overrides, "hydra.sweep.dir") is None:
             raise ConfigError("ckpt_path=last in a sweep resumes the jobs of an earlier sweep: add "
                               "hydra.sweep.dir=<sweep folder> (and resume=true to skip its finished jobs).")
         return argv
     if ckpt not in (None, "null", "None", "last") and Path(ckpt).expanduser().is_dir():
-        argv, run_dir = _run_folder_command(argv, Path(ckpt).expanduser(), run_dir), ckpt
-    elif ckpt == "last" and run_dir is None:
-        run_dir = str(find_run(argv, config_name))
-        argv = [*argv, f"hydra.run.dir={_quoted(run_dir)}"]
-    if run_dir is not None and "${" not in run_dir:
-        acquire(Path(run_dir).expanduser())
+        return _run_folder_command(argv, Path(ckpt).expanduser(), run_dir)
+    if ckpt == "last" and run_dir is None:
+        return [*argv, f"hydra.run.dir={_quoted(str(find_run(argv, config_name)))}"]
     return argv
+
+
+def lock_run_folder(argv: Sequence[str]) -> None:
+    """Lock the folder a single run names (``hydra.run.dir``) before Hydra writes into it; a new folder
+    Hydra makes itself, and sweep jobs' folders, are locked by ``engine.fit``.
+
+    Raises:
+        RunLockedError: another training holds the folder.
+    """
+    run_dir = _value(_overrides(argv), "hydra.run.dir")
+    if not _multirun(argv) and run_dir is not None and "${" not in run_dir:
+        acquire(Path(run_dir).expanduser())
 
 
 def find_run(argv: Sequence[str], config_name: str = "train") -> Path:
@@ -152,6 +160,10 @@ def _started(manifest: Path) -> tuple[float, float]:
         return stamp, manifest.stat().st_mtime
     except OSError:
         return stamp, 0.0
+
+
+def _multirun(argv: Sequence[str]) -> bool:
+    return any(a in ("-m", "--multirun") for a in argv)
 
 
 def _overrides(argv: Sequence[str]) -> list[str]:
