@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from anomaly.config.check import ConfigError
+from anomaly.config.targets import check_data
 from anomaly.deploy.preprocess import Preprocess
 from anomaly.deploy.runtimes import FORMATS, Runtime, TorchRuntime, exported_runtime
 from anomaly.deploy.sources import ensure_thresholds, resolve_source, run_datamodule
@@ -162,6 +163,7 @@ def _load_exported(path: Path, category: str | None, runtime: str | None, thread
         raise ConfigError(f"ckpt_path={path} has no {meta_path.name} beside it (preprocessing and thresholds); "
                           "export it with python -m anomaly.export.")
     meta = json.loads(meta_path.read_text())
+    check_data(meta, f"ckpt_path={meta_path}")  # data: it may name no code off the allow-list
     thresholds = Thresholds.from_dict(meta["thresholds"])
     return Detector(exported_runtime(path, runtime, threads), Preprocess.from_data_config(meta["preprocess"]),
                     thresholds, category or meta.get("category", ""), meta.get("method", ""), path)

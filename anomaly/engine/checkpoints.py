@@ -11,6 +11,8 @@ import lightning as L
 import torch
 from hydra.utils import get_class
 
+from anomaly.config.targets import check_class, check_data
+
 
 class CheckpointError(ValueError):
     """A checkpoint path or file that cannot serve the run (missing, not ours, another method)."""
@@ -29,9 +31,11 @@ def find_checkpoints(path: str | Path, name: str = "last.ckpt") -> list[Path]:
     raise CheckpointError(f"ckpt_path={path} is neither a checkpoint file nor a run folder with checkpoints/{name}.")
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
+def read_checkpoint(path: str | Path, trusted: tuple[str, ...] = ()) -> dict[str, Any]:
     """A checkpoint's contents, unpickled safely (``weights_only=True``: a file from elsewhere cannot
-    run code on load), or one sentence saying why it cannot be read."""
+    run code on load) and checked to name no code off the allow-list (``anomaly.config.targets``:
+    hyperparameters, run config, method, everything but tensors), or one sentence saying why not.
+    ``trusted``: names the command line itself gives (``train``'s ``model._target_``)."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
@@ -41,15 +45,20 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from error
     if not isinstance(payload, dict) or "state_dict" not in payload:
         raise CheckpointError(f"ckpt_path={path} holds no model weights (no state_dict); give a .ckpt written by anomaly.train.")
+    check_data(payload, f"ckpt_path={path}", trusted)
+    if payload.get("anomaly_method") is not None:
+        check_class(payload["anomaly_method"], f"ckpt_path={path}", "anomaly_method", trusted)
     return payload
 
 
-def method_of(payload: dict[str, Any], path: str | Path) -> type[L.LightningModule]:
-    """The LightningModule class that wrote ``payload`` (it must be one: nothing else is built)."""
+def method_of(payload: dict[str, Any], path: str | Path, trusted: tuple[str, ...] = ()) -> type[L.LightningModule]:
+    """The LightningModule class that wrote ``payload`` (it must be one, on the allow-list: nothing else
+    is imported or built)."""
     name = payload.get("anomaly_method")
     if not name:
         raise CheckpointError(f"ckpt_path={path} was not written by anomaly.train (no method recorded); re-train with "
                               "python -m anomaly.train.")
+    check_class(name, f"ckpt_path={path}", "anomaly_method", trusted)
     try:
         method = get_class(str(name))
     except Exception as error:  # noqa: BLE001 - hydra wraps import errors in several types
@@ -60,8 +69,9 @@ def method_of(payload: dict[str, Any], path: str | Path) -> type[L.LightningModu
 
 
 def check_method(path: str | Path, target: str) -> dict[str, Any]:
-    """The checkpoint's contents, refusing one written by another method than ``target``, naming both."""
-    payload = read_checkpoint(path)
+    """The checkpoint's contents, refusing one written by another method than ``target``, naming both
+    (``target``, the command line's own model, may be named by the checkpoint)."""
+    payload = read_checkpoint(path, trusted=(str(target),))
     method = payload.get("anomaly_method")
     if method is not None and method != str(target):
         raise CheckpointError(f"ckpt_path={path} was written by {method}, not {target}; pick a checkpoint of this model.")

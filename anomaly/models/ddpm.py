@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 
+from anomaly.config.targets import check_data
 from anomaly.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from anomaly.models.base import plain
 from anomaly.models.guards import check_finite_loss
@@ -191,6 +192,7 @@ class DDPM(LightningModule):
                 f"{option}={path} is not a readable checkpoint ({type(error).__name__}: not a torch.save file, or one "
                 "holding objects other than tensors and plain data); pass one written by `python -m anomaly.train model=ddpm`."
             ) from error
+        check_data(ckpt, f"{option}={path}")  # data: it may name no code off the allow-list
         hp = dict(ckpt.get("hyper_parameters") or {})
         state = ckpt.get("state_dict") or {}
         if not hp.get("categories") or "unet.class_embedding.weight" not in state:

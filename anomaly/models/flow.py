@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from anomaly.config.targets import check_data
 from anomaly.data.errors import DataError
 from anomaly.data.few_shot import is_real_anomaly
 from anomaly.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -110,7 +111,9 @@ class FlowDetector(AnomalyModule):
         super().setup(stage)
         if stage == "fit" and self.hparams.get("pretrained"):
             path = pretrained_checkpoint(self.hparams.pretrained, self.categories)
-            saved = torch.load(path, map_location="cpu", weights_only=True).get("anomaly_categories") or []
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            check_data(payload, f"model.pretrained={path}")  # data: it may name no code off the allow-list
+            saved = payload.get("anomaly_categories") or []
             if saved and not set(self.categories) <= set(saved):
                 raise DataError(f"model.pretrained={path} was pre-trained on {saved}, not on {self.categories}; "
                                 "give the run folder of a pre-training on these categories.")

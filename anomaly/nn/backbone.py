@@ -10,6 +10,8 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from anomaly.config.targets import check_data
+
 OFFLINE_MODELS = {"efficientnet_lite0"}
 TORCHVISION = "torchvision:"  # name prefix of torchvision models: "torchvision:alexnet"
 
@@ -92,6 +94,7 @@ def _load_weights(model: nn.Module, name: str, weights: str) -> None:
                 "to a state dict saved with torch.save."
             )
         state = torch.load(path, map_location="cpu", weights_only=True)
+        check_data(state, f"model.backbone.weights={weights}")  # data: it may name no code off the allow-list
         state = state.get("state_dict", state)
     # features_only models drop the classifier head; keep only the keys they have. A checkpoint of a
     # method holding this backbone (e.g. model=contrastive_backbone) has them under one prefix.

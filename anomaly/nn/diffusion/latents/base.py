@@ -16,6 +16,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from anomaly.config.targets import TRUST_ENV, is_allowed
 from anomaly.nn.diffusion.presets import DiffusionConfigError
 
 KINDS = ("anomaly.nn.diffusion.latents.AutoencoderLatent", "anomaly.nn.diffusion.latents.FeatureLatent")
@@ -101,6 +102,11 @@ def build_latent(spec: Mapping[str, Any] | DictConfig | None, context: LatentCon
             f"model.latent={node!r} names no latent kind; give a node with _target_: one of {', '.join(KINDS)}."
         )
     args = {str(k): v for k, v in node.items() if k != "_target_"}
+    if not is_allowed(node["_target_"]):  # a checkpoint's hyperparameters may name it: check before importing
+        raise DiffusionConfigError(
+            f"model.latent._target_={node['_target_']} cannot be imported: it is not a latent class of the anomaly "
+            f"package nor on the allow-list ({TRUST_ENV}); choose one of {', '.join(KINDS)}."
+        )
     try:
         cls = get_class(str(node["_target_"]))
     except Exception as error:  # noqa: BLE001 - hydra wraps import errors in several types
