@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from anomaly.callbacks.ddp_strategy import end_job_processes
 from anomaly.callbacks.heatmaps import HeatmapWriter
 from anomaly.config.check import check_targets, to_plain
+from anomaly.engine import feasibility
 from anomaly.engine.build import (
     build_callbacks,
     build_datamodule,
@@ -110,6 +111,7 @@ def _fit_run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("ckpt_path") == "last":  # resumed in its folder: the same run (refused if not), its sessions kept
         check_same_run(output_dir, config)
         manifest.data.update(earlier=earlier_sessions(output_dir))
+    feasibility.check(cfg)  # before anything large is built: a GPU asked for, memory, pretrained weights
     first_model = build_model(cfg)  # model options fail here, before any data is read
     datamodule = build_datamodule(cfg)
     categories = datamodule.categories
