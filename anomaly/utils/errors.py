@@ -67,6 +67,8 @@ def _anomaly_class(text: str, name: str) -> type[BaseException] | None:
 _ELSEWHERE = "paths.log_dir=<folder> for a run's folder, output=<path> for predict and export"
 #: Write failures that are the machine's state, not a bug: a full disk or quota, a read-only or forbidden folder.
 FULL, READ_ONLY, DENIED = {errno.ENOSPC, errno.EDQUOT}, {errno.EROFS}, {errno.EACCES, errno.EPERM}
+#: A folder wanted where a file is (``mkdir`` of ``x`` or ``x/y`` when ``x`` is a file).
+NOT_FOLDER = {errno.ENOTDIR, errno.EEXIST}
 
 
 def storage_error(error: BaseException) -> OSError | None:
@@ -79,9 +81,21 @@ def storage_error(error: BaseException) -> OSError | None:
     seen: set[int] = set()
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in FULL | READ_ONLY | DENIED:
+        if isinstance(current, OSError) and (current.errno in FULL | READ_ONLY | DENIED
+                                             or (current.errno in NOT_FOLDER and _file_in(current.filename))):
             return current
         current = current.__cause__ or current.__context__
+    return None
+
+
+def _file_in(filename: object) -> Path | None:
+    """The first part of the path ``filename`` that is an existing file (where a folder was wanted)."""
+    if not filename:
+        return None
+    path = Path(str(filename)).expanduser().absolute()
+    for part in reversed([path, *path.parents]):
+        if part.exists() and not part.is_dir():
+            return part
     return None
 
 
@@ -93,6 +107,8 @@ def storage_message(error: OSError) -> str:
     existing_file = path is not None and path.is_file()
     folder = path.parent if path is not None and (existing_file or not path.is_dir()) else path
     where = str(folder) if folder is not None else "the output folder"
+    if error.errno in NOT_FOLDER:
+        return f"{_file_in(error.filename)} is a file, not a folder; choose another folder ({_ELSEWHERE})."
     if error.errno in FULL:
         return f"no space left on {where} (writing {path.name if path else 'a file'}); free some space there or " \
                f"write elsewhere ({_ELSEWHERE})."
