@@ -91,6 +91,17 @@ def test_deploy_load_refuses_before_building_anything(edit: Callable[[dict[str, 
     assert not pwned.exists()
 
 
+def test_lightning_load_from_checkpoint_checks_the_file_too(tmp_path: Path) -> None:
+    """``Method.load_from_checkpoint(path)``, the Lightning API the README names, builds the same hyperparameters."""
+    from anomaly.models.padim import Padim
+
+    checkpoint, pwned = doctor(tmp_path, backbone)
+    with pytest.raises(ValueError, match="'numpy.savetxt' at hyper_parameters.backbone._target_, which is not on"):
+        Padim.load_from_checkpoint(checkpoint, weights_only=True)
+    assert not pwned.exists()
+    assert Padim.load_from_checkpoint(trained_run("padim") / "checkpoints" / "last.ckpt", weights_only=True).hparams.n_features == 16
+
+
 def test_a_method_name_imports_nothing_off_the_allow_list(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     """``anomaly_method: this.Zen``: importing the stdlib module ``this`` prints the Zen of Python — a module's
     import already runs its code, so the name is checked before anything is imported."""

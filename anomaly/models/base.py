@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -13,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 
+from anomaly.config.targets import check_data
 from anomaly.metrics import DEFAULT_BINS, METRIC_NAMES, AnomalyMetrics
 from anomaly.models.guards import check_finite_loss
 from anomaly.models.outputs import AnomalyOutput
@@ -104,6 +106,18 @@ class AnomalyModule(L.LightningModule):
         # per category and pooled (plain data; saved in checkpoints, read by anomaly.deploy).
         self.thresholds: dict[str, dict[str, Any]] = {}
         self._ranges: dict[str, Tensor] = {}
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Lightning's, once the file is checked to name no code off the allow-list (``anomaly.config.targets``;
+        this class itself is trusted): its hyperparameters are built when the model is."""
+        if isinstance(checkpoint_path, str | Path):
+            try:
+                payload = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
+            except Exception:  # noqa: BLE001 - not readable safely: Lightning's own load says why
+                payload = None
+            check_data(payload, f"ckpt_path={checkpoint_path}", (f"{cls.__module__}.{cls.__qualname__}",))
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     # -- the method's part ------------------------------------------------------------------------
     def score_batch(self, batch: Mapping[str, Any]) -> AnomalyOutput:
