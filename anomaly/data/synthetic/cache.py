@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from anomaly.data.errors import DataError
-from anomaly.data.synthetic.generate import GENERATOR_VERSION, category_names
-from anomaly.data.synthetic.generate import generate as generate_set
+from anomaly.data.synthetic.generate import GENERATOR_VERSION, category_names, generate
 
 STAMP = ".synthetic.json"
-SIGNATURE = inspect.signature(generate_set)
+SIGNATURE = inspect.signature(generate)
 
 
 def _parameters(params: dict[str, Any]) -> dict[str, Any]:
@@ -101,13 +100,18 @@ def ensure_synthetic(root: str | Path, generate: bool | str = True, default_root
     _remove_stale(root)
     work = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-{os.getpid()}-", dir=root.parent))
     try:
-        generate_set(work, **params)
+        _generate(work, params)
         (work / STAMP).write_text(json.dumps(wanted, indent=1, sort_keys=True) + "\n")
         work.chmod(0o755)  # mkdtemp makes it private; the data set is ordinary readable data
         _install(work, root, wanted)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return root
+
+
+def _generate(work: Path, params: dict[str, Any]) -> None:
+    """The generator (module-level, so ``ensure_synthetic``'s ``generate`` option does not hide it)."""
+    generate(work, **params)
 
 
 def _may_generate(root: Path, generate: bool | str, default_root: str | Path | None) -> bool:
