@@ -50,7 +50,8 @@ def test_ckpt_path_last_resumes_the_run_in_its_folder_and_keeps_every_log_row(sy
                                                                             tmp_path: Path) -> None:
     """2 epochs, then the same command with 3 epochs and ``ckpt_path=last`` (no run folder named): the third
     epoch trains in the first run's folder, whose CSV still holds the first session's rows; then
-    ``ckpt_path=<run folder>`` alone (its overrides are re-applied) extends it to 4 epochs."""
+    ``ckpt_path=<run folder>`` alone (its overrides are re-applied) extends it to 4 epochs; with another model
+    option it is refused and nothing in the folder changes."""
     base = [*TOY, f"data.root={synthetic_root}", *TINY]
     first = train(*base, "trainer.max_epochs=2", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -70,6 +71,15 @@ def test_ckpt_path_last_resumes_the_run_in_its_folder_and_keeps_every_log_row(sy
     assert third.returncode == 0, third.stderr[-3000:]
     assert run_folders(tmp_path) == [run] and global_step(run) == 4 * per_epoch
     assert train_steps(run) == list(range(4 * per_epoch))
+
+    def files() -> dict[Path, bytes]:  # (the lock file names its latest holder)
+        return {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+
+    before = files()
+    changed = train(f"ckpt_path={run}", "+model.lr=0.5", cwd=tmp_path)  # another config: refused, run untouched
+    assert changed.returncode == 1 and changed.stderr.strip().splitlines() == [
+        changed.stderr.strip()] and changed.stderr.startswith(f"Error: cannot resume {run}") and "model.lr" in changed.stderr
+    assert files() == before
 
 
 def test_ckpt_path_last_with_no_such_run_says_what_to_add(synthetic_root: Path, tmp_path: Path) -> None:

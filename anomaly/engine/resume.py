@@ -97,9 +97,9 @@ def check_same_run(output_dir: Path, config: dict[str, Any]) -> None:
         old, changed = changed_keys(output_dir, config, RESUME_IGNORED)
         if changed:
             raise ConfigError(
-                f"ckpt_path=last: {output_dir} was run with another config: {shown(old, config, changed)}; resume "
-                "with its options (ckpt_path=<run folder> re-applies them), or start a new run from its weights "
-                "with ckpt_path=<run>/checkpoints/last.ckpt and without hydra.run.dir."
+                f"cannot resume {output_dir}: it was run with another config: {shown(old, config, changed)}; resume "
+                "with its options (ckpt_path=<run folder> re-applies them), or go on from its checkpoint in a new "
+                "folder (ckpt_path=<run>/checkpoints/last.ckpt, without hydra.run.dir)."
             )
 
 

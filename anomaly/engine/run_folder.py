@@ -3,8 +3,9 @@
 ``ckpt_path=last`` without ``hydra.run.dir`` means the most recent run under ``<paths.log_dir>/runs``
 whose ``manifest.json`` holds this command's config (``resume.RESUME_IGNORED`` aside); ``ckpt_path=<run
 folder>`` means that run, with its recorded overrides and then the ones typed. Both become
-``hydra.run.dir=<run> ckpt_path=last``. A single run's folder is then locked (``lock.acquire``), after the
-overrides are checked, so a second training into it stops before Hydra writes anything there.
+``hydra.run.dir=<run> ckpt_path=last``. The run folder is locked (``lock.acquire``; a new one after the
+overrides are checked) and a resumed run's config compared, so a second training into it, or a resume
+with another config, stops before Hydra writes anything there.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from anomaly.config.check import ConfigError
 from anomaly.engine.lock import acquire
 from anomaly.engine.manifest import MANIFEST
-from anomaly.engine.resume import RESUME_IGNORED, differences, shown
+from anomaly.engine.resume import RESUME_IGNORED, check_same_run, differences, shown
 
 _FLAGS_WITH_VALUE = ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp")
 
@@ -40,10 +41,28 @@ def resume_command(argv: Sequence[str], config_name: str = "train") -> list[str]
                               "hydra.sweep.dir=<sweep folder> (and resume=true to skip its finished jobs).")
         return argv
     if ckpt not in (None, "null", "None", "last") and Path(ckpt).expanduser().is_dir():
-        return _run_folder_command(argv, Path(ckpt).expanduser(), run_dir)
-    if ckpt == "last" and run_dir is None:
-        return [*argv, f"hydra.run.dir={_quoted(str(find_run(argv, config_name)))}"]
+        argv = _run_folder_command(argv, Path(ckpt).expanduser(), run_dir)
+        _resumable(argv, Path(ckpt).expanduser(), config_name)
+    elif ckpt == "last" and run_dir is None:
+        folder = find_run(argv, config_name)
+        acquire(folder)
+        argv = [*argv, f"hydra.run.dir={_quoted(str(folder))}"]
+    elif ckpt == "last" and "${" not in run_dir:
+        _resumable(argv, Path(run_dir).expanduser(), config_name)
     return argv
+
+
+def _resumable(argv: Sequence[str], folder: Path, config_name: str) -> None:
+    """Lock a run folder to resume and refuse another config (``resume.check_same_run``), before Hydra
+    writes its files there."""
+    if not (folder / MANIFEST).is_file():
+        return
+    from anomaly.config.precheck import precheck
+
+    acquire(folder)
+    precheck(config_name, argv)
+    with _composed(argv, config_name) as (_, resolved):
+        check_same_run(folder, resolved(folder))
 
 
 def lock_run_folder(argv: Sequence[str]) -> None:
