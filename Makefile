@@ -44,5 +44,11 @@ bench: bench-deps
 	$(PY) bench/padim.py
 	$(PY) bench/metrics.py
 
+# Every paper preset at full size on CUDA (random weights, a generated tree): speed and peak memory per preset,
+# then the suite's CUDA-only tests; under 8 minutes on one H100. Without CUDA: checks the presets compose.
+.PHONY: gpu-check
+gpu-check: $(STAMP)
+	$(PY) bench/gpu_check.py $(ARGS)
+
 clean:
 	rm -rf outputs multirun lightning_logs wandb .pytest_cache build *.egg-info
