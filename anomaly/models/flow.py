@@ -159,7 +159,8 @@ def pretrained_checkpoint(path: str | Path, categories: Sequence[str]) -> Path:
         return root
     unit = categories[0] if len(categories) == 1 else ""
     for name in ("best.ckpt", "last.ckpt"):
-        for folder in (root / "checkpoints" / unit, root / unit, root):
+        # a one-category run keeps its checkpoints in checkpoints/ itself, as a unified one does
+        for folder in (root / "checkpoints" / unit, root / "checkpoints", root / unit, root):
             if (folder / name).is_file():
                 return folder / name
     raise DataError(
