@@ -23,7 +23,7 @@ from anomaly.engine.manifest import MANIFEST
 
 # Keys that may differ between the first run and its resume without changing what was computed: the flags
 # themselves, and where things live (a sweep folder moved elsewhere still resumes; its data is fingerprinted).
-IGNORED = ("resume", "paths", "ckpt_path")
+IGNORED = ("resume", "paths", "ckpt_path", "feasibility")
 # ... and for one run resumed in its folder: the checkpoint option and how long the trainer may go on.
 RESUME_IGNORED = (*IGNORED, "trainer.max_epochs", "trainer.max_steps", "trainer.max_time",
                   "trainer.min_epochs", "trainer.min_steps")
