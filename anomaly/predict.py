@@ -2,11 +2,13 @@
 
 Writes, into ``output`` (default ``outputs/predict/<date>/<time>``): ``overlays/<name>.png`` (input |
 heatmap | contour at the pixel threshold), ``maps/<name>.npy`` (the raw map at the model's input
-size), ``scores.csv`` (path, category, score, normalised score, decision), ``skipped.csv`` (files that
-could not be read, each also printed on one line) and ``predict.json`` (the model, thresholds and
-preprocessing used) — all written atomically, tables after every batch. Preprocessing is the
-checkpoint's own test transform; thresholds are the checkpoint's (``threshold_source``) unless
-``threshold=`` / ``pixel_threshold=`` override them. The work is done by ``anomaly.deploy``.
+size), ``scores.csv`` (path, category, score, normalised score, decision, threshold and its source)
+once every image is done (``scores.partial.csv`` until then), ``skipped.csv`` (files that could not be
+read, each also printed on one line) and ``predict.json`` (status ``running|finished|failed``, images
+done and in all, the model, thresholds and preprocessing used) — all written atomically. Preprocessing
+is the checkpoint's own test transform; thresholds are the checkpoint's (``threshold_source``) unless
+``threshold=`` / ``pixel_threshold=`` override them; the console line names their source. The work is
+done by ``anomaly.deploy``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from anomaly.config.precheck import launch
 from anomaly.deploy import load
 from anomaly.deploy.detector import EXPORTED_SUFFIXES
 from anomaly.deploy.pipeline import Outcome, predict_images
+from anomaly.deploy.sources import SOURCE_NAMES
 from anomaly.engine.checkpoints import read_checkpoint
 from anomaly.engine.console import quiet_lightning
 from anomaly.engine.run import selected_checkpoints
@@ -43,7 +46,10 @@ def predict(cfg: DictConfig) -> Outcome:
                              bool(cfg.overlays), bool(cfg.maps), bool(cfg.progress))
     anomalous = sum(row["decision"] == "anomalous" for row in outcome.rows)
     skipped = f", {len(outcome.skipped)} skipped (skipped.csv)" if outcome.skipped else ""
-    print(f"predict: {len(outcome.rows)} images, {anomalous} anomalous{skipped} → {Path(cfg.output) / 'scores.csv'}")
+    sources = sorted({row["threshold_source"] for row in outcome.rows})
+    print(f"predict: {len(outcome.rows)} images, {anomalous} anomalous{skipped} at the {' / '.join(sources)} "
+          f"threshold{'s' if len(sources) > 1 else ''} ({', '.join(SOURCE_NAMES.get(s, s) for s in sources)}) → "
+          f"{Path(cfg.output) / 'scores.csv'}")
     return outcome
 
 

@@ -1,6 +1,6 @@
 """anomaly.predict and the deploy API on tiny trained runs: every readable image gets a row, a panel and
 its raw map, the bad one is named; decisions follow the stored threshold and the override; thresholds
-come from the source recorded (validation for a validating run, normal training images for PaDiM)."""
+come from the source recorded (validation for a validating run, held-out normal training images for PaDiM)."""
 
 from __future__ import annotations
 
@@ -119,17 +119,24 @@ def test_predict_writes_every_readable_image_and_names_the_corrupt_one(tmp_path:
         assert row["category"] == "tile"
 
 
-def test_padim_without_validation_thresholds_on_normal_training_scores() -> None:
+def test_padim_without_validation_thresholds_on_held_out_normal_scores() -> None:
     run = trained_run("padim")
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    holdout = payload["anomaly_thresholds"]["holdout"]["groups"]["tile"]  # stored at train time
     detector = load(run)
-    assert detector.thresholds.source == "train"
+    assert detector.thresholds.source == "holdout"
+    # The split-conformal quantile at 10 % of the 16 cross-fitted scores: the ceil(17 * 0.9) = 16th smallest.
+    assert holdout["images"] == 16 and detector.thresholds.image == sorted(holdout["scores"])[15]
+    # In-sample scores only when asked for: the highest, kept beside the checkpoint, which stays as it was.
+    before = checkpoint.read_bytes()
     train = sorted((run.parent / "data" / "tile" / "train" / "good").glob("*.png"))
     scores = [detector(p).score for p in train]
-    assert detector.thresholds.image == pytest.approx(max(scores), rel=1e-5)
-    assert detector.thresholds.score_min == pytest.approx(min(scores), rel=1e-5)
-    # Stored in the checkpoint, with where they came from.
-    payload = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert payload["anomaly_thresholds"]["train"]["groups"]["tile"]["image"] == pytest.approx(max(scores), rel=1e-5)
+    in_sample = load(run, threshold_source="train")
+    assert in_sample.thresholds.source == "train"
+    assert in_sample.thresholds.image == pytest.approx(max(scores), rel=1e-5)
+    assert in_sample.thresholds.image < detector.thresholds.image
+    assert checkpoint.read_bytes() == before and (run / "checkpoints" / "last.ckpt.thresholds.json").is_file()
 
 
 def test_decisions_follow_the_stored_validation_threshold_and_the_override(tmp_path: Path) -> None:

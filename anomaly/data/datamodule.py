@@ -16,7 +16,7 @@ from anomaly.data.errors import DataError
 from anomaly.data.few_shot import FewShotDataset, check_few_shot, few_shot_listing, select_few_shot
 from anomaly.data.record import Layout, Record
 from anomaly.data.transforms import IMAGENET_MEAN, IMAGENET_STD, geometry
-from anomaly.data.validation import ValMode, check_val, held_out, listing
+from anomaly.data.validation import ValMode, check_val, held_out, listing, partition
 
 Setting = Literal["separate", "unified"]
 
@@ -41,6 +41,10 @@ class AnomalyDataModule(L.LightningDataModule):
         val_synthesis: the strategy making the synthetic validation anomalies.
         few_shot_anomalies, few_shot_seed: ``k`` real anomalous test images per category moved from
             the test set into the training split (``anomaly.data.few_shot``); 0 = off.
+        calibration_fraction: without a validation split, the share of normal training images per fold
+            (``round(1 / fraction)`` disjoint folds per category, drawn by ``val_seed``) that
+            ``anomaly.engine.calibration`` holds out of a fit to set the default thresholds on
+            (``calibration_fold(i)``, ``without_calibration_fold(i)``); 0 = none.
 
     Example:
         >>> dm = AnomalyDataModule("data/mvtec", MVTecLayout(), category="bottle")  # doctest: +SKIP
@@ -68,9 +72,12 @@ class AnomalyDataModule(L.LightningDataModule):
         val_synthesis: Synthesis | None = None,
         few_shot_anomalies: int = 0,
         few_shot_seed: int = 0,
+        calibration_fraction: float = 0.2,
     ) -> None:
         super().__init__()
         check_val(val, val_fraction)
+        if not 0.0 <= float(calibration_fraction) < 1.0:
+            raise DataError(f"data.calibration_fraction={calibration_fraction} must be at least 0 (none) and below 1.")
         if val == "synthetic" and val_synthesis is None:
             raise DataError("data.val=synthetic needs data.val_synthesis (e.g. synthesis@data.val_synthesis=perlin).")
         if setting not in ("separate", "unified"):
@@ -88,7 +95,9 @@ class AnomalyDataModule(L.LightningDataModule):
         self.synthesis = synthesis
         self.val, self.val_fraction, self.val_seed, self.val_synthesis = val, val_fraction, val_seed, val_synthesis
         self.few_shot_anomalies, self.few_shot_seed = check_few_shot(few_shot_anomalies), int(few_shot_seed)
+        self.calibration_fraction = float(calibration_fraction)
         self._held_out: set[Record] | None = None
+        self._calibration_out: int | None = None  # the fold left out of training (without_calibration_fold)
         self._few_shot: list[Record] | None = None
         self._categories: list[str] | None = None
         self._records: dict[str, list[Record]] = {}
@@ -147,8 +156,39 @@ class AnomalyDataModule(L.LightningDataModule):
                 pool = [r for r in self.records("test") if r not in self.few_shot()]
                 self._held_out = held_out(pool, self.val_fraction, self.val_seed, "test")
             else:
-                self._held_out = set()
+                fold = self._calibration_out
+                self._held_out = set(self.calibration_fold(fold)) if fold is not None else set()
         return self._held_out
+
+    def calibration_folds(self) -> int:
+        """How many calibration folds there are: none with a validation split (its held-out images serve
+        that purpose) or ``calibration_fraction=0``, else ``round(1 / calibration_fraction)``, at least 2."""
+        return 0 if self.val != "none" or not self.calibration_fraction else max(2, round(1 / self.calibration_fraction))
+
+    def calibration_fold(self, fold: int = 0) -> list[Record]:
+        """The normal training images of calibration fold ``fold`` (empty without calibration folds)."""
+        parts = self.calibration_folds()
+        if not parts:
+            return []
+        normal = [r for r in self.records("train") if r.label == 0]
+        chosen = partition(normal, parts, self.val_seed, "set data.calibration_fraction=0 or add images")[fold]
+        return [r for r in normal if r in chosen]
+
+    def without_calibration_fold(self, fold: int = 0) -> AnomalyDataModule:
+        """A copy whose training split leaves ``calibration_fold(fold)`` out (fit on it, then score the fold)."""
+        clone = self.for_category(self.category)
+        clone._calibration_out = fold
+        return clone
+
+    def calibration_dataloader(self) -> DataLoader:
+        """The fold this copy leaves out of training, without synthesis, in a fixed order."""
+        options = {"image_size": self.image_size, "crop_size": self.crop_size, "mean": self.mean, "std": self.std}
+        fold = self.calibration_fold(self._calibration_out or 0)
+        return self._loader(AnomalyDataset(fold, **options), self.eval_batch_size, shuffle=False)
+
+    def calibration_listing(self, folds: int) -> list[dict[str, object]]:
+        """The first ``folds`` calibration folds, each image with its fold (``calibration_split.json``)."""
+        return [{**entry, "fold": i} for i in range(folds) for entry in listing(self.calibration_fold(i), "train")]
 
     def few_shot(self) -> list[Record]:
         """The real anomalous images taken out of the test set for training (``few_shot_anomalies``)."""

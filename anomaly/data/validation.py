@@ -50,3 +50,21 @@ def listing(records: Sequence[Record], origin: str) -> list[dict[str, object]]:
     """What the run folder records of the validation images (``val_split.json``)."""
     return [{"category": r.category, "image": str(r.image), "label": r.label, "defect": r.defect, "from": origin}
             for r in records]
+
+
+def partition(records: Sequence[Record], parts: int, seed: int, fix: str) -> list[set[Record]]:
+    """``records`` split into ``parts`` disjoint seeded folds, per category and label (as :func:`held_out`
+    draws: a category's folds depend only on (seed, category, label)); every group needs two records."""
+    folds: list[set[Record]] = [set() for _ in range(parts)]
+    groups: dict[tuple[str, int], list[Record]] = {}
+    for record in records:
+        groups.setdefault((record.category, record.label), []).append(record)
+    for (category, label), members in sorted(groups.items()):
+        if len(members) < 2:
+            raise DataError(f"Category {category} has {len(members)} training image(s) of label {label}: too few to "
+                            f"hold some out; {fix}.")
+        rng = np.random.default_rng([seed, zlib.crc32(category.encode()), label])
+        for fold, chosen in zip(folds, np.array_split(rng.permutation(len(members)), min(parts, len(members))),
+                                strict=False):
+            fold.update(members[i] for i in chosen)
+    return folds

@@ -93,8 +93,9 @@ def load(path: str | Path, category: str | None = None, threshold: float | None 
         category: the category of the images (chooses the checkpoint of a ``separate`` run and the
             per-category thresholds of a ``unified`` one).
         threshold, pixel_threshold: override the stored thresholds (raw score / map units).
-        threshold_source: ``auto`` (validation if the run validated, else normal training images),
-            ``val``, ``test`` or ``train``; missing ones are computed on the run's data and stored.
+        threshold_source: ``auto`` (validation if the run validated, else ``holdout``: normal training
+            images the model did not fit), ``val``, ``holdout``, ``test`` or ``train`` (in sample); missing
+            ones are computed on the run's data and kept beside the checkpoint (``anomaly.deploy.sources``).
         runtime: ``openvino`` runs an ``.onnx`` file in OpenVINO instead of ONNX Runtime.
         threads: intra-op threads of ONNX Runtime / OpenVINO (default: theirs).
     """

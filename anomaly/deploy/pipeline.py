@@ -1,7 +1,14 @@
-"""``python -m anomaly.predict``'s work: images in, panels, raw maps and ``scores.csv`` out."""
+"""``python -m anomaly.predict``'s work: images in, panels, raw maps and ``scores.csv`` out.
+
+While it runs, ``predict.json`` says ``status: running`` with the images done and in all, and the rows so
+far are in ``scores.partial.csv`` (both rewritten atomically after every batch); ``scores.csv`` appears
+only when every image is done (``status: finished``). A failure marks ``status: failed`` with the
+error; a killed run stays ``running`` with the counts it reached, and leaves no ``scores.csv``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import sys
@@ -21,7 +28,8 @@ from anomaly.deploy.inputs import image_paths, output_name
 from anomaly.deploy.overlay import prediction_panel
 from anomaly.utils.atomic import atomic_open, atomic_save, atomic_write_json
 
-COLUMNS = ("path", "category", "score", "normalised_score", "decision")
+COLUMNS = ("path", "category", "score", "normalised_score", "decision", "threshold", "threshold_source")
+PARTIAL = "scores.partial.csv"
 
 
 @dataclass
@@ -57,31 +65,43 @@ def predict_images(
     outcome = Outcome()
     detectors: dict[str | None, Detector] = {}
     used: dict[str, dict] = {}
-    with _bar(len(paths), progress) as advance:
-        for group, batch in _batches(paths, categories, category, batch_size):
-            if group not in detectors:
-                detectors[group] = detector_for(group)
-                used[group or "all"] = describe(detectors[group])
-            detector = detectors[group]
-            images, kept = [], []
-            for path in batch:
-                try:
-                    images.append(detector.preprocess.rgb(path))
-                    kept.append(path)
-                except DataError as error:
-                    outcome.skipped.append((str(path), str(error)))
-                    print(f"skipped {path}: {error}", file=sys.stderr)
-            if images:
-                for path, result in zip(kept, detector.predict(images), strict=True):
-                    name = output_name(path, root)
-                    _write_image_outputs(output, name, result, detector, overlays, maps)
-                    outcome.rows.append(_row(path, detector.category, result))
-            _write_tables(output, outcome, used)
-            advance(len(batch))
-    if not outcome.rows:
-        raise DataError(f"input={input_spec}: none of its {len(paths)} files could be read "
-                        f"(first: {outcome.skipped[0][1]})")
+    (output / "scores.csv").unlink(missing_ok=True)  # an earlier run's into this folder: replaced at the end
+    _write_tables(output, outcome, used, len(paths), "running")
+    try:
+        with _bar(len(paths), progress) as advance:
+            for group, batch in _batches(paths, categories, category, batch_size):
+                if group not in detectors:
+                    detectors[group] = detector_for(group)
+                    used[group or "all"] = describe(detectors[group])
+                _predict_batch(detectors[group], batch, root, output, outcome, overlays, maps)
+                _write_tables(output, outcome, used, len(paths), "running")
+                advance(len(batch))
+        if not outcome.rows:
+            raise DataError(f"input={input_spec}: none of its {len(paths)} files could be read "
+                            f"(first: {outcome.skipped[0][1]})")
+    except BaseException as error:
+        with contextlib.suppress(OSError):  # an unwritable folder: the original error says so
+            _write_tables(output, outcome, used, len(paths), "failed", f"{type(error).__name__}: {error}")
+        raise
+    _write_tables(output, outcome, used, len(paths), "finished")
     return outcome
+
+
+def _predict_batch(detector: Detector, batch: list[Path], root: Path, output: Path, outcome: Outcome,
+                   overlays: bool, maps: bool) -> None:
+    """One batch of images of one category: outputs written, rows and skipped files added to ``outcome``."""
+    images, kept = [], []
+    for path in batch:
+        try:
+            images.append(detector.preprocess.rgb(path))
+            kept.append(path)
+        except DataError as error:
+            outcome.skipped.append((str(path), str(error)))
+            print(f"skipped {path}: {error}", file=sys.stderr)
+    if images:
+        for path, result in zip(kept, detector.predict(images), strict=True):
+            _write_image_outputs(output, output_name(path, root), result, detector, overlays, maps)
+            outcome.rows.append(_row(path, detector, result))
 
 
 def _batches(paths: list[Path], categories: Sequence[str], category: str | None,
@@ -103,9 +123,10 @@ def category_of(path: Path, categories: Sequence[str]) -> str | None:
     return None
 
 
-def _row(path: Path, category: str, result: Result) -> dict[str, str]:
-    return {"path": str(path), "category": category, "score": f"{result.score:.6g}",
-            "normalised_score": f"{result.normalised:.4f}", "decision": result.decision}
+def _row(path: Path, detector: Detector, result: Result) -> dict[str, str]:
+    return {"path": str(path), "category": detector.category, "score": f"{result.score:.6g}",
+            "normalised_score": f"{result.normalised:.4f}", "decision": result.decision,
+            "threshold": f"{detector.thresholds.image:.6g}", "threshold_source": detector.thresholds.source}
 
 
 def _write_image_outputs(output: Path, name: str, result: Result, detector: Detector, overlays: bool,
@@ -120,14 +141,23 @@ def _write_image_outputs(output: Path, name: str, result: Result, detector: Dete
             atomic_save(output / "overlays" / f"{name}.png", lambda handle: handle.write(encoded.tobytes()))
 
 
-def _write_tables(output: Path, outcome: Outcome, used: dict[str, dict]) -> None:
-    """``scores.csv``, ``skipped.csv`` and ``predict.json``, rewritten atomically after every batch."""
-    _write_csv(output / "scores.csv", COLUMNS, outcome.rows)
+def _write_tables(output: Path, outcome: Outcome, used: dict[str, dict], total: int, status: str,
+                  error: str | None = None) -> None:
+    """The rows (``scores.partial.csv`` until ``finished``, then ``scores.csv``), ``skipped.csv`` and
+    ``predict.json`` with the status and counts, each written atomically."""
+    final = status == "finished"
+    _write_csv(output / ("scores.csv" if final else PARTIAL), COLUMNS, outcome.rows)
+    if final:
+        (output / PARTIAL).unlink(missing_ok=True)
     if outcome.skipped:
         _write_csv(output / "skipped.csv", ("path", "reason"),
                    [{"path": p, "reason": r} for p, r in outcome.skipped])
-    atomic_write_json(output / "predict.json", {"models": used, "images": len(outcome.rows),
-                                                "skipped": len(outcome.skipped)})
+    sources = sorted({model["thresholds"]["source"] for model in used.values()})
+    atomic_write_json(output / "predict.json", {
+        "status": status, **({"error": error} if error else {}),
+        "images_total": total, "images_done": len(outcome.rows) + len(outcome.skipped),
+        "images": len(outcome.rows), "skipped": len(outcome.skipped),
+        "scores": "scores.csv" if final else PARTIAL, "threshold_sources": sources, "models": used})
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, str]]) -> None:

@@ -3,9 +3,13 @@
 Each checkpoint records, per evaluation stage (``val``, ``test``) and per category (plus ``pooled``),
 the F1-optimal image and pixel thresholds (``AnomalyMetrics.thresholds``: the argmax of the F1 curve
 the metrics already build) and the range of its scores and maps (``AnomalyModule.thresholds``).
-A ``train`` source — for checkpoints without a validation split (PaDiM's ``data.val=none``) — takes
-the normal training images' scores: the threshold is the highest normal training score (the lowest
-threshold that flags no training image), as anomalous images are not available there.
+
+Without a validation split (PaDiM's ``data.val=none``) there are no anomalies to build an F1 curve
+on: the ``holdout`` source (``anomaly.engine.calibration``, at train time) scores a held-out fold of
+normal training images with a model that did not fit them, and its threshold is their highest score
+(``anomaly.engine.calibration.normal_statistics``). The ``train`` source does the same on the images the model fitted — in
+sample, so far below what unseen normal images score for a model that fits its training set
+(PaDiM: ~8 against 160–340); it is only used when asked for.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 
 from anomaly.config.check import ConfigError
 
-SOURCES = ("val", "test", "train")
+SOURCES = ("val", "holdout", "test", "train")
 POOLED = "pooled"
 
 
@@ -33,7 +37,8 @@ class Thresholds:
     Attributes:
         image, pixel: thresholds on the raw score and raw map (``pixel`` may be ``None``: no pixel metric).
         score_min, score_max, map_min, map_max: the ranges seen on the source split.
-        source: ``val``, ``test``, ``train`` or ``override`` (a command-line value), recorded in outputs.
+        source: ``val``, ``holdout``, ``test``, ``train`` or ``override`` (a command-line value), recorded
+            in outputs.
         group: the category whose statistics these are, or ``pooled``.
     """
 
@@ -96,23 +101,6 @@ def pick(entry: Mapping[str, Any], source: str, category: str | None, where: str
     return Thresholds(image=float(values["image"]), pixel=_maybe(values.get("pixel")),
                       score_min=float(values["score_min"]), score_max=float(values["score_max"]),
                       map_min=float(values["map_min"]), map_max=float(values["map_max"]), source=source, group=group)
-
-
-def normal_statistics(per_category: Mapping[str, tuple[list[float], float, float]], global_step: int) -> dict[str, Any]:
-    """A ``train`` entry from normal training images: per category ``(scores, map_min, map_max)``.
-
-    Without anomalous images there is no F1 curve: the image threshold is the highest normal score and
-    the pixel threshold the highest normal map value (nothing of the training set is flagged).
-    """
-    def entry(scores: list[float], low: float, high: float) -> dict[str, float]:
-        return {"image": max(scores), "pixel": high, "score_min": min(scores), "score_max": max(scores),
-                "map_min": low, "map_max": high}
-
-    groups = {c: entry(*values) for c, values in per_category.items()}
-    everything = [s for scores, _, _ in per_category.values() for s in scores]
-    groups[POOLED] = entry(everything, min(v[1] for v in per_category.values()),
-                           max(v[2] for v in per_category.values()))
-    return {"stage": "train", "global_step": global_step, "groups": groups}
 
 
 def _maybe(value: Any) -> float | None:

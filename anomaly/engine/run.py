@@ -26,6 +26,7 @@ from anomaly.engine.build import (
     finish_loggers,
     for_unit,
 )
+from anomaly.engine.calibration import fit_calibrated
 from anomaly.engine.checkpoints import (
     CheckpointError,
     check_method,
@@ -136,7 +137,7 @@ def _fit_run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         loggers = build_loggers(unit_cfg, config)
         trainer = build_trainer(unit_cfg, build_callbacks(unit_cfg, config), loggers)
         start = time.perf_counter()
-        _fit(trainer, model, unit_data, resume)
+        fit_calibrated(unit_cfg, trainer, model, unit_data, resume, _fit, output_dir, checkpoint_dir)
         timing[unit or "all"] = {"fit_s": round(time.perf_counter() - start, 3)}
         best = _best(trainer)
         if best:

@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable, Mapping
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -89,6 +89,12 @@ class AnomalyModule(L.LightningModule):
             images (fitted before every validation/test/predict epoch; not in any paper: it removes
             what a model gets wrong on every normal image, e.g. at the border).
     """
+
+    #: Fitting is cheap statistics that a new fit replaces entirely (PaDiM). Without a validation split,
+    #: ``anomaly.engine.calibration`` then sets the default thresholds on a copy fitted without a held-out
+    #: fold of normal images and fits this model on all of them (the paper's protocol); other methods
+    #: keep the fold out of their one fit.
+    refit_after_calibration: ClassVar[bool] = False
 
     def __init__(self, evaluator: Mapping[str, Any] | None = None, calibrate: bool = False) -> None:
         super().__init__()

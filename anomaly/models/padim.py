@@ -28,6 +28,8 @@ class Padim(AnomalyModule):
         **kwargs: ``AnomalyModule`` options (evaluator, calibrate).
     """
 
+    refit_after_calibration = True  # one epoch of sums: refitting on all normal images costs one more epoch
+
     def __init__(
         self,
         backbone: FeatureExtractor | Mapping[str, Any],
