@@ -70,6 +70,49 @@ def test_a_short_run_lowers_both_losses() -> None:
         assert after < 0.7 * before, (key, [round(h[key], 4) for h in history[::4]])
 
 
+def kept_by_hand(model: RealNet, images: torch.Tensor) -> list[torch.Tensor]:
+    """The selected channels of each backbone layer divided by the layer's scale, read off the backbone directly."""
+    with torch.no_grad():
+        features = model.model.backbone(images)
+    return [features[layer][:, model.model.selection.indices(i)] / model.model.feature_scale[i]
+            for i, layer in enumerate(model.model.backbone.layers)]
+
+
+def test_the_mse_target_at_initialisation_is_the_normal_sources_features() -> None:
+    model = tiny(selection="random")
+    model.model.feature_scale.copy_(torch.tensor([10.0, 4.0]))
+    batch = pasted_batch()
+    with torch.no_grad():
+        mse = float(model.losses(batch)["mse"])
+    # The UNets start at zero, so Σ_layers MSE(R(F(image)), F(source)) = Σ_layers mean(F(source)²).
+    expected = sum(float(f.pow(2).mean()) for f in kept_by_hand(model, batch["source"]))
+    of_the_image = sum(float(f.pow(2).mean()) for f in kept_by_hand(model, batch["image"]))
+    assert mse == pytest.approx(expected, rel=1e-5)
+    assert abs(expected - of_the_image) > 0.05 * expected  # the two targets are told apart
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)` but the `self.trainer`:UserWarning")
+def test_real_few_shot_anomalies_are_left_out_of_the_feature_mse_only() -> None:
+    model = tiny(selection="random")
+    batch = pasted_batch()
+    generator = torch.Generator().manual_seed(1)
+    real = torch.randn(2, 3, 32, 32, generator=generator) * 0.6  # real anomalies: their own `source`
+    batch = {"image": torch.cat([batch["image"], real]), "source": torch.cat([batch["source"], real]),
+             "mask": torch.cat([batch["mask"], torch.ones(2, 1, 32, 32)]),
+             "defect": ["good"] * 4 + ["crack", "scratch"]}
+    with torch.no_grad():
+        losses = model.losses(batch)
+        kept = sum(float(f[:4].pow(2).mean()) for f in kept_by_hand(model, batch["source"]))
+        every = sum(float(f.pow(2).mean()) for f in kept_by_hand(model, batch["source"]))
+        seg_without = model.losses({k: v[:4] for k, v in batch.items()})["seg"]
+    assert float(losses["mse"]) == pytest.approx(kept, rel=1e-5) and abs(every - kept) > 0.05 * kept
+    assert float(losses["seg"]) != pytest.approx(float(seg_without), rel=1e-3)  # their masks still train the head
+    only_real = {k: v[4:] for k, v in batch.items()}
+    loss = model.training_step(only_real, 0)
+    assert float(model.losses(only_real)["mse"].detach()) == 0.0 and torch.isfinite(loss)
+    loss.backward()  # a batch of real anomalies only still trains the segmentation head
+
+
 def test_the_feature_cache_gives_the_same_features_and_runs_the_backbone_on_changed_images_only() -> None:
     cached, plain = tiny(feature_cache=16, selection="random"), tiny(selection="random")
     cached.model.feature_scale.copy_(torch.tensor([10.0, 4.0]))  # as normalize=true fits them
@@ -170,3 +213,30 @@ def test_checkpoint_keeps_the_afs_channels_and_evaluate_reproduces_the_metrics(s
     assert second.keys() == first.keys() == {"wood"}
     for name, value in first["wood"].items():
         assert second["wood"][name] == pytest.approx(value, abs=1e-6), name
+
+
+def test_the_paper_preset_composes_realnets_recipe(tmp_path: Path) -> None:
+    cfg = composed("train", ["experiment=realnet_mvtec", "data=mvtec", "data.root=x"], tmp_path)
+    model, data = cfg.model, cfg.data
+    assert (model.backbone.name, list(model.backbone.layers), model.backbone.weights) == (
+        "wide_resnet50_2", ["layer1", "layer2", "layer3", "layer4"], "imagenet")
+    assert list(model.k) == [256, 512, 512, 256] and model.selection == "afs" and model.afs_batches == 64
+    assert (model.k_max, model.k_mean, model.num_residual_layers) == (256, 256, 2)
+    assert (model.width_ratio, list(model.channel_mult), model.num_res_blocks, list(model.attention_levels)) == (
+        0.5, [1, 2, 4], 2, [2, 4])
+    assert (model.pool_size, model.score_border, model.normalize) == (16, 0, False)
+    assert (model.lr, list(model.betas), model.lr_schedule, model.seg_weight, model.mse_weight) == (
+        1e-4, [0.9, 0.999], "constant", 1.0, 1.0)
+    assert (data.image_size, data.crop_size, data.batch_size, data.setting) == (256, None, 16, "separate")
+    assert cfg.trainer.max_epochs == 1000 and cfg.trainer.accelerator == "gpu"
+    synthesis = cfg.synthesis
+    assert synthesis._target_.endswith("SDASSynthesis") and synthesis.normal_probability == 0.5
+    assert list(synthesis.beta) == [0.5, 1.0] and list(synthesis.fill.sampler.s) == [0.1, 0.2]
+    assert synthesis.fill.sampler.num_steps == 20 and synthesis.fill.sampler.method == "ancestral"
+    foreground = synthesis.foreground  # RealNet's own per-category rule, square(6) at 256 px
+    assert foreground.kernel == "exact" and foreground.close_frac * 256 == foreground.open_frac * 256 == 6
+    assert {c: (v.method, v.polarity) for c, v in foreground.per_category.items()} == {
+        "pill": ("otsu", "bright"), "hazelnut": ("triangle", "bright"), "metal_nut": ("triangle", "bright"),
+        "toothbrush": ("triangle", "bright"), **{c: ("otsu", "dark") for c in ("bottle", "capsule", "grid", "screw",
+                                                                             "zipper")}}
+    assert sorted(foreground.texture_categories) == ["cable", "carpet", "leather", "tile", "transistor", "wood"]

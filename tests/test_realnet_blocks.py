@@ -142,3 +142,36 @@ def test_score_border_keeps_the_edges_out_of_the_image_score_only() -> None:
     with pytest.raises(RealNetConfigError, match=r"^model\.score_border=32 leaves nothing of a 64x64 map; use a "
                                                  r"border below 32\.$"):
         RealNetModel(backbone(), [8, 16], k_max=4, k_mean=4, score_border=32).check_image_size(64, 64)
+
+
+def test_rrs_in_training_mode_ranks_on_batch_statistics_and_passes_gradients_to_the_raw_residuals() -> None:
+    generator = torch.Generator().manual_seed(1)
+    scales = torch.tensor([1.0, 8.0, 0.2, 3.0, 0.5, 5.0])  # raw magnitudes differ: the raw top-k would differ
+    residuals = [(torch.rand(4, 6, 8, 8, generator=generator) * scales[:, None, None]).requires_grad_()]
+    rrs = ResidualSelection(6, k_max=2, k_mean=2)
+    rrs.train()
+    got = rrs.select(residuals)
+    stacked = residuals[0].detach()
+    mean, var = stacked.mean((0, 2, 3)), stacked.var((0, 2, 3), unbiased=False)
+    normalised = (stacked - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + rrs.norm.eps)
+    differs = False
+    for b in range(4):
+        expected = []
+        for stat in (lambda m: m.flatten(1).amax(1), lambda m: m.flatten(1).mean(1)):
+            order = stat(normalised[b]).argsort(descending=True)[:2]
+            expected += [stacked[b, c] for c in order.tolist()]
+            differs |= order.tolist() != stat(stacked[b]).argsort(descending=True)[:2].tolist()
+        assert torch.allclose(got[b].detach(), torch.stack(expected), atol=1e-6), b
+    assert differs, "the batch statistics must change the ranking somewhere, or this test could not tell"
+    # The official BatchNorm: momentum 0.9 (from 0 and 1), unbiased running variance, no affine part.
+    assert torch.allclose(rrs.norm.running_mean, 0.9 * mean, atol=1e-6)
+    assert torch.allclose(rrs.norm.running_var, 0.1 + 0.9 * stacked.var((0, 2, 3), unbiased=True), atol=1e-5)
+    assert rrs.norm.weight is None
+    got.sum().backward()  # RealNet's stop_grad: False, the segmentation loss reaches the UNets
+    assert residuals[0].grad is not None and residuals[0].grad.abs().sum() > 0
+
+
+def test_the_reconstruction_unet_at_the_papers_k_has_the_official_parameter_count() -> None:
+    with torch.device("meta"):
+        counts = [sum(p.numel() for p in ReconstructionUNet(k).parameters()) for k in (256, 512)]
+    assert counts == [51_846_144, 207_271_936]  # layer1/layer4 (k = 256) and layer2/layer3 (k = 512)

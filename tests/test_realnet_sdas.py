@@ -6,7 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from diffusers import DDPMScheduler
 
+from anomaly.nn.ddpm_sampler import ancestral_step
 from anomaly.synthesis.bank import Bank, BankError
 from anomaly.synthesis.sdas import SDASSynthesis
 from anomaly.synthesize import synthesize
@@ -41,3 +44,30 @@ def test_a_missing_ddpm_checkpoint_names_the_option(tmp_path: Path) -> None:
     with pytest.raises(BankError, match=r"^synthesis\.fill\.ckpt_path=\S+none\.ckpt is not a file; give the DDPM "
                                         r"checkpoint of python -m anomaly\.train experiment=ddpm_cpu"):
         strategy(tmp_path / "none.ckpt", tmp_path / "bank")
+
+
+@pytest.mark.parametrize("variance", ["fixed_small", "learned_range"])
+def test_the_sdas_step_adds_sqrt_one_plus_s_times_sigma_times_the_same_z(variance: str) -> None:
+    """x_{t-1} = μ_θ(x_t, t) + √(1+s)·σ_t·z (RealNet Eq. 2), μ and σ computed here from the linear β schedule."""
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", variance_type=variance)
+    scheduler.set_timesteps(20)
+    t = int(scheduler.timesteps[5])  # 20 respaced steps: the previous step is t - 50
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, generator=generator)
+    out = torch.randn(2, 6 if variance == "learned_range" else 3, 8, 8, generator=generator)
+    out[:, 3:] = out[:, 3:].clamp(-1, 1)
+    alphas_cumprod = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000), 0)
+    a_t, a_prev = alphas_cumprod[t], alphas_cumprod[t - 50]
+    beta = 1 - a_t / a_prev
+    x0 = ((x - (1 - a_t).sqrt() * out[:, :3]) / a_t.sqrt()).clamp(-1, 1)
+    mean = a_prev.sqrt() * beta / (1 - a_t) * x0 + (1 - beta).sqrt() * (1 - a_prev) / (1 - a_t) * x
+    small = (1 - a_prev) / (1 - a_t) * beta
+    if variance == "learned_range":
+        frac = (out[:, 3:] + 1) / 2
+        sigma = torch.exp(0.5 * (frac * beta.log() + (1 - frac) * small.log()))
+    else:
+        sigma = small.sqrt()
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(7))
+    for s in (0.0, 0.15, 1.0):
+        got = ancestral_step(scheduler, out, t, x, s, torch.Generator().manual_seed(7))
+        assert torch.allclose(got, mean + (1 + s) ** 0.5 * sigma * z, atol=1e-5), s

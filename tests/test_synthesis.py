@@ -170,6 +170,54 @@ def test_foreground_segments_bright_and_dark_objects() -> None:
     assert Foreground(texture_categories=["wood"])(disc_image(), "wood").all()
 
 
+def ring_image(side: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A bright disc (220) in a dim ring (90) on a dark background (30): Otsu's threshold falls between ring and
+    disc, the triangle threshold just above the background. Returns the image, the disc and disc + ring."""
+    yy, xx = np.mgrid[:side, :side]
+    r = np.hypot(yy - side / 2 + 0.5, xx - side / 2 + 0.5)
+    grey = np.where(r < 0.22 * side, 220, np.where(r < 0.34 * side, 90, 30)).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2), r < 0.22 * side, r < 0.34 * side
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def test_realnets_foreground_rule_picks_the_threshold_and_polarity_per_mvtec_category() -> None:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=realnet_mvtec", "data=mvtec", "data.root=x"])
+    official = instantiate(cfg.synthesis.foreground)
+    image, disc, disc_and_ring = ring_image()
+    for category in ("hazelnut", "metal_nut", "toothbrush"):  # triangle, bright object
+        assert iou(official(image, category), disc_and_ring) > 0.97, category
+    assert iou(official(image, "pill"), disc) > 0.97  # Otsu, bright object
+    for category in ("grid", "bottle", "capsule", "screw", "zipper"):  # Otsu, inverted: below the threshold
+        assert iou(official(image, category), ~disc) > 0.97, category
+    for category in ("carpet", "leather", "tile", "wood", "cable", "transistor"):
+        assert official(image, category).all(), category
+    ours = instantiate(compose_synthesis("perlin", []).foreground)  # Otsu everywhere, polarity from the border
+    assert iou(ours(image, "hazelnut"), disc) > 0.97 and iou(ours(image, "grid"), disc) > 0.97
+
+
+def test_exact_kernels_are_realnets_square_6_and_odd_ones_ours() -> None:
+    mask = np.zeros((256, 256), np.uint8)
+    mask[40:200, 40:46] = 1     # a 6-px bar: square(6) opening keeps it, a 7-px one removes it
+    mask[40:200, 100:105] = 1   # a 5-px bar: removed by both
+    mask[40:200, 150:220] = 1
+    mask[100:105, 150:220] = 0  # a 5-px gap: square(6) closing fills it
+    frac = 6 / 256
+    exact = Foreground(kernel="exact").morphology(mask, frac, frac, 256).astype(bool)
+    odd = Foreground().morphology(mask, frac, frac, 256).astype(bool)
+    block = np.zeros((256, 256), bool)
+    block[40:200, 150:220] = True
+    assert np.array_equal(exact[:, :60], mask[:, :60].astype(bool)) and not exact[:, 90:110].any()
+    assert np.array_equal(exact[:, 140:], block[:, 140:])
+    assert not odd[:, :60].any() and not odd[:, 90:110].any()
+    with pytest.raises(SynthesisConfigError, match=r"^synthesis\.foreground\.kernel='even' is unknown"):
+        Foreground(kernel="even")
+
+
 def test_foreground_keeps_perlin_anomalies_on_the_object() -> None:
     strategy = PerlinSynthesis(foreground=Foreground(), normal_probability=0)
     image = disc_image(64, 64)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader
 
+from anomaly.data.few_shot import is_real_anomaly
 from anomaly.models.base import AnomalyModule, build_block
 from anomaly.models.lr_schedules import check_schedule, over_run
 from anomaly.nn.backbone import FeatureExtractor
@@ -31,6 +32,15 @@ def input_size(datamodule: Any) -> tuple[int, int] | None:
     return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
+def feature_mse(reconstructions: Sequence[Tensor], targets: Sequence[Tensor], keep: Tensor) -> Tensor:
+    """Σ over layers of the mean squared error over the samples ``keep`` selects (B booleans); 0 when none is kept
+    (a batch of real anomalies only)."""
+    if not bool(keep.any()):
+        return sum(r.float().sum() for r in reconstructions) * 0.0  # zero, on the graph (DDP sees every parameter)
+    return torch.stack([F.mse_loss(r[keep].float(), f[keep]) for r, f in zip(reconstructions, targets,
+                                                                              strict=True)]).sum()
+
+
 class RealNet(AnomalyModule):
     """RealNet: frozen backbone, AFS-kept channels, one reconstruction UNet per layer, RRS segmentation head.
 
@@ -38,8 +48,8 @@ class RealNet(AnomalyModule):
     images that all carry a synthetic anomaly (``anomaly.nn.realnet.afs``) and keeps ``k`` per layer;
     scores and indices are buffers, so a checkpoint evaluates with the same channels. Training loss:
     ``seg_weight · CE(logits, mask) + mse_weight · Σ_layers MSE(R(F(anomalous)), F(source))`` with the
-    batch's ``source`` the normal image the anomaly was pasted on. Map: p(anomalous) at the input size;
-    score: max of the ``pool_size`` average-pooled map inside ``score_border``.
+    batch's ``source`` the normal image the anomaly was pasted on (the MSE leaves real few-shot anomalies out).
+    Map: p(anomalous) at the input size; score: max of the ``pool_size`` average-pooled map inside ``score_border``.
 
     Args:
         backbone: frozen feature extractor (``model.backbone.*`` node, or a module); RealNet: WRN50 layer1–4.
@@ -187,8 +197,10 @@ class RealNet(AnomalyModule):
 
     # -- training -----------------------------------------------------------------------------------
     def losses(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        """``seg``: 2-class cross-entropy of the logits against the synthetic mask; ``mse``: Σ over layers of the
-        MSE between the reconstruction of the anomalous image's features and the normal source's features."""
+        """``seg``: 2-class cross-entropy of the logits against the mask; ``mse``: Σ over layers of the MSE between
+        the reconstruction of the anomalous image's features and the normal source's features, over the synthetic
+        and normal samples only (a real anomaly of ``data.few_shot_anomalies`` is its own source: its MSE would
+        teach the UNets to reproduce the defect)."""
         image, mask, source = batch["image"], batch["mask"], batch.get("source")
         if source is None:
             raise RealNetConfigError("RealNet's training batches need their normal `source` images: train with "
@@ -197,9 +209,7 @@ class RealNet(AnomalyModule):
         reconstruction = self.model.reconstruct(anomalous)
         logits = self.model.logits(reconstruction.residuals, tuple(image.shape[-2:]))
         seg = F.cross_entropy(logits.float(), mask[:, 0].long())
-        mse = torch.stack([F.mse_loss(r.float(), f) for r, f in zip(reconstruction.reconstructions, normal,
-                                                                    strict=True)]).sum()
-        return {"seg": seg, "mse": mse}
+        return {"seg": seg, "mse": feature_mse(reconstruction.reconstructions, normal, ~is_real_anomaly(batch))}
 
     def training_features(self, image: Tensor, source: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """Kept features of the (anomalous) images and of their normal sources, per layer. With
