@@ -85,3 +85,37 @@ def test_the_run_folder_lists_every_category_s_images(synthetic_root: Path, tmp_
     written = json.loads((tmp_path / "few_shot.json").read_text())
     assert sorted(e["image"] for e in written) == sorted(str(r.image) for r in dm.few_shot())
     assert all(e["defect"] != "good" and e["from"] == "test" for e in written)
+
+
+def test_the_defect_type_mode_takes_whole_defect_types_and_keeps_one_in_the_test_set(synthetic_root: Path) -> None:
+    """data.few_shot_mode=defect_types: the dense flow paper's few-shot setting (every image of k defect types)."""
+    dm = module(synthetic_root, 1, few_shot_mode="defect_types")
+    shots = dm.few_shot()
+    for category in CATEGORIES:
+        anomalies = [r for r in dm.records("test") if r.category == category and r.label == 1]
+        types = {r.defect for r in anomalies}
+        mine = [r for r in shots if r.category == category]
+        assert len({r.defect for r in mine}) == 1 and len(types) >= 2
+        assert set(mine) == {r for r in anomalies if r.defect == mine[0].defect}  # the whole defect type
+    every = module(synthetic_root, 99, few_shot_mode="defect_types")  # at most all types but one
+    test = every.dataset("test")
+    for category in CATEGORIES:
+        left = {r.defect for r in test.records if r.category == category and r.label == 1}
+        assert len(left) == 1
+    with pytest.raises(DataError, match=r"^data\.few_shot_mode=types is unknown; choose one of"):
+        module(synthetic_root, 1, few_shot_mode="types")
+
+
+def test_a_pretrained_extractor_that_saw_other_real_anomalies_is_refused(synthetic_root: Path) -> None:
+    from anomaly.data.few_shot import FewShotMismatchError, check_same_few_shot
+
+    saved = module(synthetic_root, 2).few_shot_listing()  # what the pre-training's checkpoint records
+    check_same_few_shot(saved, module(synthetic_root, 2).few_shot_listing(), CATEGORIES, "model.pretrained=x")
+    washer = module(synthetic_root, 2, category="washer").for_category("washer").few_shot_listing()
+    check_same_few_shot(saved, washer, ["washer"], "model.pretrained=x")  # one category of a joint pre-training
+    for other in ({"few_shot_seed": 1}, {"k": 0}, {"k": 1}):
+        k = other.pop("k", 2)
+        listing = module(synthetic_root, k, **other).few_shot_listing()
+        with pytest.raises(FewShotMismatchError, match=r"^model\.pretrained=x was pre-trained on 4 real anomalies "
+                           r"\(capsule/.*\) but this run holds out \d+ other ones, .*few_shot\.json lists them\)\.$"):
+            check_same_few_shot(saved, listing, CATEGORIES, "model.pretrained=x")

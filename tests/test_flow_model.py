@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import math
 from pathlib import Path
 
 import lightning as L
@@ -9,6 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from anomaly.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from anomaly.models.flow import FlowDetector
 from anomaly.models.guards import NonFiniteLossError
 from anomaly.nn.backbone import FeatureExtractor
@@ -153,3 +156,73 @@ def test_the_feature_cache_runs_the_backbone_once_per_image_and_trains_as_withou
     rotating = tiny(rotation=90.0, feature_cache=16)
     rotating.training_step(batch, 0)
     assert len(rotating.feature_cache) == 0  # random rotations: features differ every step, no cache
+
+
+@pytest.mark.parametrize("score", ["z2", "neg_log_pz", "nll"])
+def test_the_score_is_computed_from_z_as_named(score: str) -> None:
+    """model.score against an independent computation from the latent z (and, for nll, autograd's Jacobian)."""
+    model = tiny(score=score, n_views=2, view_rotation=30.0).eval()
+    density = model.model
+    images = Images(2).images
+    with torch.no_grad():
+        _, got = model(images)
+    expected = torch.zeros(2, dtype=torch.float64)
+    flow = copy.deepcopy(density.flow).double()
+    for k in range(2):
+        features = density.embed(density.view(images, k)).detach().double()
+        z = flow(features)[0]
+        dim = z.shape[1]
+        if score == "z2":  # DifferNet's train.py: torch.mean(z ** 2) over the features
+            value = (z**2).mean(1)
+        elif score == "neg_log_pz":  # −log N(z; 0, I) without the constant, per dimension
+            value = -torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(1) / dim - 0.5 * math.log(2 * math.pi)
+        else:
+            log_det = torch.stack([torch.linalg.slogdet(torch.autograd.functional.jacobian(
+                lambda v: flow(v[None])[0][0], f))[1] for f in features])
+            value = (0.5 * (z**2).sum(1) - log_det) / dim
+        expected += value / 2
+    assert torch.allclose(got.double(), expected, rtol=1e-4, atol=1e-5), (got, expected)
+    if score != "nll":  # without the log-determinant, which moves the score by far more than the tolerance
+        density.score = "nll"
+        with torch.no_grad():
+            assert (density.score_views(images) - got).abs().min() > 1e-2
+
+
+def test_an_unknown_score_is_one_sentence() -> None:
+    with pytest.raises(FlowInputError, match=r"^model\.score='loglik' is unknown; choose one of .*\)\.$"):
+        tiny(score="loglik")
+
+
+def test_a_batch_of_only_real_anomalies_skips_its_step_and_the_run_goes_on() -> None:
+    """Few-shot real anomalies are not normal images: a batch made only of them has nothing to learn from."""
+    class Mixed(Images):
+        def __getitem__(self, i: int) -> dict:
+            return {**super().__getitem__(i), "defect": "good" if i < 4 else "crack", "label": int(i >= 4)}
+
+    model = tiny(train_views=1)
+    real_only = list(DataLoader(Mixed(8), batch_size=4))[1]  # unshuffled: the second batch is all real
+    assert real_only["defect"] == ["crack"] * 4
+    loss = model.training_step(real_only, 0)
+    assert loss is None or bool(torch.isfinite(loss))  # skipped, or a finite loss: never NaN
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", devices=1, log_every_n_steps=1)
+    trainer.fit(model, train_dataloaders=DataLoader(Mixed(8), batch_size=4))
+    first = next(model.model.flow.parameters())
+    assert int(trainer.optimizers[0].state[first]["step"]) == 2  # one Adam step per epoch: the normal batch's
+    assert torch.isfinite(trainer.callback_metrics["train/nll"])
+
+
+def test_rotations_pad_with_the_mean_or_black_and_scales_shrink_bilinear_or_nearest() -> None:
+    ours, differnet = tiny(), tiny(rotation_fill="black", scale_mode="nearest")
+    flat = torch.zeros(1, 3, 32, 32)  # the data mean everywhere, normalised
+    corner = (..., 0, 0)
+    assert torch.equal(ours.model.rotate(flat, torch.tensor([45.0]))[corner], torch.zeros(1, 3))
+    black = -torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)
+    assert torch.allclose(differnet.model.rotate(flat, torch.tensor([45.0]))[corner], black[None])
+    assert torch.equal(differnet.model.rotate(flat, torch.tensor([45.0]))[..., 16, 16], flat[..., 16, 16])
+    image = Images(1).images
+    assert torch.equal(differnet.model.resize(image, 16), image[..., ::2, ::2])  # DifferNet's F.interpolate
+    assert torch.allclose(ours.model.resize(image, 16), torch.nn.functional.interpolate(
+        image, size=(16, 16), mode="bilinear", antialias=True))
+    with pytest.raises(FlowInputError, match=r"^model\.scale_mode=bicubic / model\.rotation_fill=mean is unknown;"):
+        tiny(scale_mode="bicubic")

@@ -70,3 +70,35 @@ def test_the_checkpoint_re_tests_to_the_same_metrics(flow_run: tuple[Path, dict]
     assert set(trained) == set(again)
     for name, value in trained.items():
         assert again[name] == pytest.approx(value, abs=1e-6), name
+
+
+def test_the_flow_refuses_an_extractor_that_saw_other_real_anomalies(synthetic_root: Path, tmp_path: Path) -> None:
+    """The pre-training's checkpoint records its few-shot images; a flow holding out others would test on them."""
+    import lightning as L
+
+    from anomaly.data.datamodule import AnomalyDataModule
+    from anomaly.data.few_shot import FewShotMismatchError
+    from anomaly.data.layouts import MVTecLayout
+    from anomaly.models.flow import FlowDetector
+
+    def data(**few_shot: int) -> AnomalyDataModule:
+        return AnomalyDataModule(synthetic_root, MVTecLayout(), category="washer", image_size=32, batch_size=64,
+                                 num_workers=0, few_shot_anomalies=2, **few_shot)
+
+    def trainer() -> L.Trainer:
+        return L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu", devices=1)
+
+    pretraining, dm = trainer(), data()
+    pretraining.fit(ContrastiveBackbone(BACKBONE, head=[8]), datamodule=dm)
+    pretraining.save_checkpoint(tmp_path / "pre.ckpt")
+    saved = torch.load(tmp_path / "pre.ckpt", map_location="cpu", weights_only=True)["anomaly_few_shot"]
+    assert saved == dm.few_shot_listing() and len(saved) == 2
+    flow = {"kind": "dense", "n_blocks": 1, "hidden": [8], "depth": 1, "scales": [32], "n_views": 1,
+            "train_views": 1, "rotation": 0.0, "pretrained": str(tmp_path / "pre.ckpt")}
+    with pytest.raises(FewShotMismatchError, match=r"^model\.pretrained=.*pre\.ckpt was pre-trained on 2 real "
+                       r"anomalies \(washer/"):
+        trainer().fit(FlowDetector(BACKBONE, **flow), datamodule=data(few_shot_seed=1))
+    same = trainer()
+    same.fit(FlowDetector(BACKBONE, **flow), datamodule=data())  # the same images held out: it trains
+    assert same.global_step == 1

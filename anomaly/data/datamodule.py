@@ -41,6 +41,8 @@ class AnomalyDataModule(L.LightningDataModule):
         val_synthesis: the strategy making the synthetic validation anomalies.
         few_shot_anomalies, few_shot_seed: ``k`` real anomalous test images per category moved from
             the test set into the training split (``anomaly.data.few_shot``); 0 = off.
+        few_shot_mode: ``images`` (``k`` images per category) or ``defect_types`` (every image of ``k``
+            defect types per category, the dense flow paper's few-shot setting).
         calibration_fraction: without a validation split, the share of normal training images per fold
             (``round(1 / fraction)`` disjoint folds per category, drawn by ``val_seed``) that
             ``anomaly.engine.calibration`` holds out of a fit to set the default thresholds on
@@ -72,6 +74,7 @@ class AnomalyDataModule(L.LightningDataModule):
         val_synthesis: Synthesis | None = None,
         few_shot_anomalies: int = 0,
         few_shot_seed: int = 0,
+        few_shot_mode: str = "images",
         calibration_fraction: float = 0.2,
     ) -> None:
         super().__init__()
@@ -95,6 +98,8 @@ class AnomalyDataModule(L.LightningDataModule):
         self.synthesis = synthesis
         self.val, self.val_fraction, self.val_seed, self.val_synthesis = val, val_fraction, val_seed, val_synthesis
         self.few_shot_anomalies, self.few_shot_seed = check_few_shot(few_shot_anomalies), int(few_shot_seed)
+        self.few_shot_mode = few_shot_mode
+        check_few_shot(0, few_shot_mode)  # an unknown mode stops here
         self.calibration_fraction = float(calibration_fraction)
         self._held_out: set[Record] | None = None
         self._calibration_out: int | None = None  # the fold left out of training (without_calibration_fold)
@@ -194,7 +199,8 @@ class AnomalyDataModule(L.LightningDataModule):
         """The real anomalous images taken out of the test set for training (``few_shot_anomalies``)."""
         if self._few_shot is None:
             k = self.few_shot_anomalies
-            self._few_shot = select_few_shot(self.records("test"), k, self.few_shot_seed) if k else []
+            mode = self.few_shot_mode
+            self._few_shot = select_few_shot(self.records("test"), k, self.few_shot_seed, mode) if k else []
         return self._few_shot
 
     def few_shot_listing(self) -> list[dict[str, object]]:

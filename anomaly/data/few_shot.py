@@ -1,10 +1,18 @@
 """A few real anomalous images per category, taken out of the test set for weakly supervised training.
 
 The continuous dense flow's contrastive pre-training (Zhang et al., 2023) adds 1–2 known defect
-types' real images per category to its simulated anomalies. ``data.few_shot_anomalies: k`` takes
-``k`` anomalous test images of each category (seeded, spread over the defect types), removes them
-from evaluation (the test set and a ``from_test`` validation split never contain them) and adds them
-to the training split with their label and defect name. ``few_shot.json`` in the run folder lists them.
+types' real images per category to its simulated anomalies (310 images over MVTec AD's 15 categories).
+``data.few_shot_anomalies: k`` with ``data.few_shot_mode``:
+
+- ``images`` (ours, the default): ``k`` anomalous test images of each category (seeded, spread over the
+  defect types round-robin), e.g. 30 images on MVTec AD at k = 2;
+- ``defect_types`` (the paper): every image of ``k`` defect types of each category (seeded), at most all
+  but one of its types so that its test set keeps anomalies (a category with one defect type gives none).
+
+The chosen images leave evaluation (the test set and a ``from_test`` validation split never contain them)
+and join the training split with their label and defect name. ``few_shot.json`` in the run folder lists
+them; the contrastive pre-training's checkpoint records them too, and a flow reading that extractor
+refuses to hold out other images (``check_same_few_shot``).
 
 Training samples that are real anomalies keep their defect name (``defect != "good"``); methods that
 learn from normal images only (the flows) skip them, the contrastive pre-training uses them as negatives.
@@ -14,6 +22,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,23 +33,34 @@ from anomaly.data.dataset import AnomalyDataset
 from anomaly.data.errors import DataError
 from anomaly.data.record import Record
 
+MODES = ("images", "defect_types")
 
-def check_few_shot(k: int) -> int:
-    """``k`` as an int; a negative count is a ``DataError``."""
+
+class FewShotMismatchError(DataError):
+    """A pre-trained extractor saw other real anomalies than this run holds out of its test set."""
+
+
+def check_few_shot(k: int, mode: str = "images") -> int:
+    """``k`` as an int; a negative count or an unknown mode is a ``DataError``."""
     if int(k) < 0:
-        raise DataError(f"data.few_shot_anomalies={k} must be 0 (off) or a positive number of images per category.")
+        raise DataError(f"data.few_shot_anomalies={k} must be 0 (off) or a positive number per category.")
+    if mode not in MODES:
+        raise DataError(f"data.few_shot_mode={mode} is unknown; choose one of {list(MODES)}.")
     return int(k)
 
 
-def select_few_shot(test_records: Sequence[Record], k: int, seed: int = 0) -> list[Record]:
-    """``k`` anomalous test records per category, drawn by ``(seed, category)``, round-robin over the
-    defect types (sorted) so that ``k = 2`` gives two defect types when a category has them.
+def select_few_shot(test_records: Sequence[Record], k: int, seed: int = 0, mode: str = "images") -> list[Record]:
+    """``k`` anomalous test records per category (``mode=images``), drawn by ``(seed, category)``, round-robin
+    over the defect types (sorted) so that ``k = 2`` gives two defect types when a category has them; or
+    (``mode=defect_types``) every record of ``k`` defect types per category, at most all but one type.
 
     Raises:
         DataError: ``k`` is negative, or larger than a category's anomalous test images (naming how many exist).
     """
-    if check_few_shot(k) == 0:
+    if check_few_shot(k, mode) == 0:
         return []
+    if mode == "defect_types":
+        return _whole_defect_types(test_records, k, seed)
     by_category: dict[str, dict[str, list[Record]]] = {}
     for record in test_records:
         by_category.setdefault(record.category, {})
@@ -65,6 +85,44 @@ def select_few_shot(test_records: Sequence[Record], k: int, seed: int = 0) -> li
                     picked.append(pools[name].pop(0))
         chosen.extend(picked)
     return chosen
+
+
+def _whole_defect_types(test_records: Sequence[Record], k: int, seed: int) -> list[Record]:
+    """Every anomalous record of ``k`` defect types per category (drawn by ``(seed, category)``), keeping at
+    least one defect type of each category in its test set."""
+    by_category: dict[str, dict[str, list[Record]]] = {}
+    for record in test_records:
+        if record.label == 1:
+            by_category.setdefault(record.category, {}).setdefault(record.defect, []).append(record)
+    chosen: list[Record] = []
+    for category, defects in sorted(by_category.items()):
+        rng = np.random.default_rng([int(seed), zlib.crc32(category.encode())])
+        names = sorted(defects)
+        for i in rng.permutation(len(names))[: min(int(k), len(names) - 1)]:
+            chosen.extend(defects[names[i]])
+    return chosen
+
+
+def few_shot_key(entry: dict[str, Any]) -> tuple[str, str, str]:
+    """What identifies a few-shot image across runs and machines: category, defect, file name."""
+    return str(entry["category"]), str(entry["defect"]), Path(str(entry["image"])).name
+
+
+def check_same_few_shot(saved: Sequence[dict[str, Any]], current: Sequence[dict[str, Any]],
+                        categories: Sequence[str], source: str) -> None:
+    """Refuse a run whose held-out real anomalies (``current``, ``few_shot_listing``) of ``categories`` differ
+    from those ``source`` (a pre-trained extractor) trained on (``saved``)."""
+    wanted = set(categories)
+    before = sorted(few_shot_key(e) for e in saved if str(e["category"]) in wanted)
+    now = sorted(few_shot_key(e) for e in current if str(e["category"]) in wanted)
+    if before != now:
+        seen = [f"{c}/{d}/{n}" for c, d, n in before]
+        raise FewShotMismatchError(
+            f"{source} was pre-trained on {len(before)} real anomalies ({', '.join(seen[:3]) or 'none'}"
+            f"{', …' if len(seen) > 3 else ''}) but this run holds out {len(now)} other ones, so the test set "
+            "would differ from the one the extractor never saw; set data.few_shot_anomalies, data.few_shot_seed "
+            "and data.few_shot_mode as in the pre-training run (its few_shot.json lists them)."
+        )
 
 
 def few_shot_listing(records: Sequence[Record]) -> list[dict[str, object]]:

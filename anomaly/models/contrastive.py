@@ -25,6 +25,9 @@ class ContrastiveBackbone(AnomalyModule):
     exponential-kernel triplet loss (``anomaly.nn.contrastive``). The flow then reads the fine-tuned
     backbone: ``python -m anomaly.train experiment=cdflow_cpu model.pretrained=<this run's folder>``.
 
+    Its checkpoints record the real anomalies it trained on (``anomaly_few_shot``, as ``few_shot.json``): a
+    flow reading them refuses to hold out others, so none of them can land in the flow's test set.
+
     Score (for selecting the checkpoint on the validation split): the normalised distance of an
     image's embedding to the centre of the normal training embeddings, refitted before every
     validation. There is no localisation: the map is the score everywhere (image metrics only).
@@ -60,6 +63,21 @@ class ContrastiveBackbone(AnomalyModule):
         block = block if block is not None else build_block(backbone)
         self.model = ContrastiveEmbedder(block, head, train_layers)
         self.register_buffer("center", torch.zeros(int(head[-1])))
+        self.few_shot: list[dict[str, Any]] = []  # the real anomalies of the training split (few_shot.json)
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if stage == "fit" and hasattr(datamodule, "few_shot_listing"):
+            self.few_shot = list(datamodule.few_shot_listing())
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["anomaly_few_shot"] = [dict(entry) for entry in self.few_shot]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.few_shot = list(checkpoint.get("anomaly_few_shot") or [])
 
     def embed(self, image: Tensor) -> Tensor:
         return self.model(image)

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from anomaly.config.targets import check_data
 from anomaly.data.errors import DataError
-from anomaly.data.few_shot import is_real_anomaly
+from anomaly.data.few_shot import check_same_few_shot, is_real_anomaly
 from anomaly.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from anomaly.models.base import AnomalyModule, build_block
 from anomaly.models.lr_schedules import check_schedule, over_run
@@ -27,8 +27,8 @@ class FlowDetector(AnomalyModule):
     A frozen backbone sees the image at ``scales``; every layer's map is global-average-pooled and
     everything is concatenated into one D-dim vector per image, whose density a normalizing flow
     learns from normal images (randomly rotated, ``train_views`` rotations per image and step).
-    Loss: NLL per dimension (½‖z‖² − log|det J|)/D. Score: the mean −log p over ``n_views``
-    rotated/brightness-changed views; map: the smoothed |∂score/∂image| (the paper's localisation).
+    Loss: NLL per dimension (½‖z‖² − log|det J|)/D. Score: the mean ``score`` over ``n_views``
+    rotated/brightness-changed views; map: the smoothed |∂NLL/∂image| (the paper's localisation).
 
     ``kind=plain`` is DifferNet (8 two-sided affine couplings, subnets 2048-wide, α = 3);
     ``kind=dense`` the HINT-style recursive coupling of the dense flow (3 blocks, width 768, α = 2,
@@ -46,6 +46,10 @@ class FlowDetector(AnomalyModule):
             flow, the image's score the worst cell (``FlowDensityModel``; not in the paper).
         position_dim: with ``cells`` > 1, the size of each cell's sinusoidal position code that conditions
             every coupling (CFlow-style; 0 = none, the paper).
+        score: ``nll`` (½‖z‖² − log|det J|, ours), ``neg_log_pz`` (½‖z‖², both papers' −log p_Z(z)) or
+            ``z2`` (mean z², DifferNet's ``train.py``); the loss is always the NLL.
+        scale_mode: ``bilinear`` (antialiased, ours) or ``nearest`` (DifferNet) for the smaller scales.
+        rotation_fill: ``mean`` (ours) or ``black`` (DifferNet's torchvision rotation) outside rotated images.
         lr, betas, eps, weight_decay: Adam.
         lr_schedule: ``constant`` (DifferNet, the paper) or ``cosine`` (to 0 over the run's steps: not in the
             paper, for short runs whose last checkpoints should come from a small learning rate).
@@ -55,7 +59,8 @@ class FlowDetector(AnomalyModule):
             rotate (``rotation`` = 0); 0: off.
         pretrained: the contrastively pre-trained extractor (``model=contrastive_backbone``): its run folder
             (``checkpoints/<category>/best.ckpt`` is taken per category, else ``last.ckpt``) or one
-            checkpoint file; loaded with ``weights_only=True`` into the backbone before fitting.
+            checkpoint file; loaded with ``weights_only=True`` into the backbone before fitting. When it
+            records the real anomalies it trained on (``anomaly_few_shot``), this run must hold out the same.
         **kwargs: ``AnomalyModule`` options (evaluator, calibrate).
     """
 
@@ -88,6 +93,9 @@ class FlowDetector(AnomalyModule):
         position_dim: int = 0,
         lr_schedule: str = "constant",
         feature_cache: int = 0,
+        score: str = "nll",
+        scale_mode: str = "bilinear",
+        rotation_fill: str = "mean",
         **kwargs: Any,
     ) -> None:
         check_clamp(clamp)  # before anything is built or read
@@ -100,7 +108,7 @@ class FlowDetector(AnomalyModule):
         dim = FlowDensityModel.feature_dim(block.channels.values(), scales)
         flow = Flow(dim, kind, n_blocks, list(hidden), clamp, depth, dropout, flow_seed, position_dim)
         self.model = FlowDensityModel(block, flow, scales, n_views, view_rotation, view_brightness, view_seed,
-                                      mean, std, sigma, cells)
+                                      mean, std, sigma, cells, score, scale_mode, rotation_fill)
         self.rotation, self.train_views = float(rotation), max(1, int(train_views))
         self.feature_cache = ContentCache(feature_cache if self.rotation == 0 else 0)
 
@@ -117,6 +125,10 @@ class FlowDetector(AnomalyModule):
             if saved and not set(self.categories) <= set(saved):
                 raise DataError(f"model.pretrained={path} was pre-trained on {saved}, not on {self.categories}; "
                                 "give the run folder of a pre-training on these categories.")
+            if "anomaly_few_shot" in payload:  # the real anomalies it trained on must stay out of this test set
+                datamodule = getattr(self.trainer, "datamodule", None)
+                listing = datamodule.few_shot_listing() if hasattr(datamodule, "few_shot_listing") else []
+                check_same_few_shot(payload["anomaly_few_shot"], listing, self.categories, f"model.pretrained={path}")
             try:
                 self.model.backbone.load_weights(str(path))
                 self.feature_cache.clear()  # features of the weights before, if any
@@ -124,10 +136,12 @@ class FlowDetector(AnomalyModule):
                 raise DataError(f"model.pretrained={path} does not hold this run's backbone "
                                 f"({self.model.backbone.name} {self.model.backbone.layers}): {error}") from error
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         # Under a synthesis strategy the density is still of normal images only: their ``source``;
         # real anomalies of ``data.few_shot_anomalies`` are skipped.
         images = batch.get("source", batch["image"])[~is_real_anomaly(batch)]
+        if images.shape[0] == 0:  # only real anomalies (a short last batch): no normal image, no step
+            return None
         images = images.repeat_interleave(self.train_views, dim=0)
         with torch.no_grad():
             if self.rotation == 0:  # the same features every epoch: computed once when the cache is on

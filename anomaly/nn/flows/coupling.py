@@ -240,5 +240,27 @@ class Flow(nn.Module):
     def nll(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """Negative log-likelihood per dimension under a standard normal base, per sample (without the
         constant ½·log 2π): (½‖z‖² − log|det J|) / D."""
-        z, logdet = self(x, cond)
-        return (0.5 * z.pow(2).sum(1) - logdet) / self.dim
+        return per_dimension(*self(x, cond), "nll")
+
+
+SCORES = ("nll", "neg_log_pz", "z2")
+
+
+def check_score(score: str) -> str:
+    if score not in SCORES:
+        raise FlowInputError(f"model.score={score!r} is unknown; choose one of {list(SCORES)} (nll: ours, "
+                             "neg_log_pz: the papers' −log p_Z(z), z2: DifferNet's train.py).")
+    return score
+
+
+def per_dimension(z: Tensor, logdet: Tensor, score: str = "nll") -> Tensor:
+    """One number per sample from the flow's output, divided by D (constants dropped):
+
+    - ``nll``: (½‖z‖² − log|det J|)/D, the training loss (−log p_X(x));
+    - ``neg_log_pz``: ½‖z‖²/D, −log p_Z(z) of the latent alone (both papers' anomaly score);
+    - ``z2``: ‖z‖²/D, the mean of z² (DifferNet's ``train.py``; ranks as ``neg_log_pz``).
+    """
+    squared = z.pow(2).sum(1)
+    if check_score(score) == "nll":
+        return (0.5 * squared - logdet) / z.shape[1]
+    return (0.5 if score == "neg_log_pz" else 1.0) * squared / z.shape[1]

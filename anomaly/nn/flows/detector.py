@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anomaly.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from anomaly.nn.flows.coupling import Flow, FlowInputError
+from anomaly.nn.flows.coupling import Flow, FlowInputError, check_score, per_dimension
 from anomaly.nn.flows.position import position_encoding
 from anomaly.nn.smoothing import gaussian_blur
 
@@ -35,7 +35,17 @@ class FlowDensityModel(nn.Module):
         A flow built with ``cond_dim`` > 0 (needs ``cells`` > 1) is conditioned on each cell's
         sinusoidal position code of that size (CFlow, Gudovskiy et al., WACV 2022; not in the paper):
         one flow, but the density it models may differ from one cell to the next.
+        score: what a view scores (``per_dimension``): ``nll`` (½‖z‖² − log|det J|, ours), ``neg_log_pz``
+            (½‖z‖², both papers' −log p_Z(z)) or ``z2`` (mean z², DifferNet's code). The map is always the
+            input gradient of the NLL (DifferNet's ``localization.py``).
+        scale_mode: how the smaller scales are made: ``bilinear`` (antialiased, ours) or ``nearest``
+            (DifferNet's ``F.interpolate`` default).
+        rotation_fill: what rotations pad with: ``mean`` (zeros of the normalised image, ours) or
+            ``black`` (pixel value 0, torchvision's ``RandomRotation`` as DifferNet uses it).
     """
+
+    SCALE_MODES = ("bilinear", "nearest")
+    FILLS = ("mean", "black")
 
     def __init__(
         self,
@@ -50,8 +60,16 @@ class FlowDensityModel(nn.Module):
         std: Sequence[float] = IMAGENET_STD,
         sigma: float = 4.0,
         cells: int = 1,
+        score: str = "nll",
+        scale_mode: str = "bilinear",
+        rotation_fill: str = "mean",
     ) -> None:
         super().__init__()
+        self.score = check_score(score)
+        if scale_mode not in self.SCALE_MODES or rotation_fill not in self.FILLS:
+            raise FlowInputError(f"model.scale_mode={scale_mode} / model.rotation_fill={rotation_fill} is unknown; "
+                                 f"choose scale_mode from {list(self.SCALE_MODES)}, rotation_fill from {list(self.FILLS)}.")
+        self.scale_mode, self.rotation_fill = scale_mode, rotation_fill
         if int(cells) < 1:
             raise FlowInputError(f"model.cells={cells} must be at least 1 (1 = global average pooling, the paper).")
         self.cells = int(cells)
@@ -85,33 +103,53 @@ class FlowDensityModel(nn.Module):
         ``cells`` > 1 its average over each of the g×g cells (B×g²×D)."""
         pooled = []
         for side in self.scales:
-            x = image if tuple(image.shape[-2:]) == (side, side) else F.interpolate(
-                image, size=(side, side), mode="bilinear", align_corners=False, antialias=side < image.shape[-1])
+            x = image if tuple(image.shape[-2:]) == (side, side) else self.resize(image, side)
             if self.cells == 1:
                 pooled += [f.mean(dim=(2, 3)) for f in self.backbone(x).values()]
             else:
                 pooled += [F.adaptive_avg_pool2d(f, self.cells).flatten(2) for f in self.backbone(x).values()]
         return torch.cat(pooled, dim=1) if self.cells == 1 else torch.cat(pooled, dim=1).transpose(1, 2)
 
-    def cells_nll(self, features: Tensor) -> Tensor:
-        """Per-dimension −log p of every vector of ``embed``'s output: B, or B·g² cells (row-major)
-        each with its position code when the flow is conditioned."""
+    def resize(self, image: Tensor, side: int) -> Tensor:
+        """The image at ``side``×``side``, as ``scale_mode`` says."""
+        if self.scale_mode == "nearest":
+            return F.interpolate(image, size=(side, side), mode="nearest")
+        return F.interpolate(image, size=(side, side), mode="bilinear", align_corners=False,
+                             antialias=side < image.shape[-1])
+
+    def latent(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """``(z, log|det J|)`` of every vector of ``embed``'s output: B, or B·g² cells (row-major) each
+        with its position code when the flow is conditioned."""
         if features.dim() == 2:
-            return self.flow.nll(features)
+            return self.flow(features)
         cond = None if self.position_code is None else self.position_code.repeat(features.shape[0], 1)
-        return self.flow.nll(features.reshape(-1, features.shape[-1]), cond)
+        return self.flow(features.reshape(-1, features.shape[-1]), cond)
+
+    def cells_nll(self, features: Tensor) -> Tensor:
+        """Per-dimension −log p of every vector (cell) of ``embed``'s output: the training loss."""
+        return per_dimension(*self.latent(features), "nll")
+
+    def per_image(self, values: Tensor, features: Tensor) -> Tensor:
+        """B: a value per vector as it is, or per cell and then the maximum over an image's cells."""
+        return values if features.dim() == 2 else values.view(features.shape[0], -1).amax(1)
 
     def features_nll(self, features: Tensor) -> Tensor:
         """Per-dimension −log p of ``embed``'s output, B: per cell, then the maximum over the cells."""
-        nll = self.cells_nll(features)
-        return nll if features.dim() == 2 else nll.view(features.shape[0], -1).amax(1)
+        return self.per_image(self.cells_nll(features), features)
 
-    @staticmethod
-    def rotate(image: Tensor, degrees: Tensor) -> Tensor:
-        """Rotate each image by its angle about the centre (zeros outside: the data mean)."""
+    def features_score(self, features: Tensor) -> Tensor:
+        """``model.score`` of ``embed``'s output, B: per cell, then the maximum over the cells."""
+        return self.per_image(per_dimension(*self.latent(features), self.score), features)
+
+    def rotate(self, image: Tensor, degrees: Tensor) -> Tensor:
+        """Rotate each image by its angle about the centre; outside it ``rotation_fill``: the data mean
+        (zeros of the normalised image) or black (pixel value 0)."""
         if bool((degrees == 0).all()):
             return image
-        return kornia.geometry.transform.rotate(image, degrees.to(image), mode="bilinear", padding_mode="zeros")
+        black = -self.mean / self.std if self.rotation_fill == "black" else None
+        shifted = image if black is None else image - black
+        rotated = kornia.geometry.transform.rotate(shifted, degrees.to(image), mode="bilinear", padding_mode="zeros")
+        return rotated if black is None else rotated + black
 
     def view(self, image: Tensor, k: int) -> Tensor:
         """Test view ``k``: rotated and brightness-scaled (in pixel space) as drawn from ``view_seed``."""
@@ -125,20 +163,23 @@ class FlowDensityModel(nn.Module):
         return self.features_nll(self.embed(image))
 
     def score_views(self, image: Tensor) -> Tensor:
-        """Mean per-dimension −log p over the ``n_views`` views, B."""
-        return torch.stack([self.nll(self.view(image, k)) for k in range(self.n_views)]).mean(0)
+        """Mean ``model.score`` over the ``n_views`` views, B."""
+        return torch.stack([self.features_score(self.embed(self.view(image, k))) for k in range(self.n_views)]).mean(0)
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        """``(map B×1×H×W, score B)``: the score is the mean −log p over the views; the map is the
-        channel-summed |∂score/∂image|, smoothed. Works under ``no_grad`` and ``inference_mode``
-        (the gradient is taken on a normal copy of the image); one view's graph at a time."""
+        """``(map B×1×H×W, score B)``: the score is the mean ``model.score`` over the views; the map is the
+        channel-summed |∂NLL/∂image| (NLL averaged over the views), smoothed. Works under ``no_grad`` and
+        ``inference_mode`` (the gradient is taken on a normal copy of the image); one view's graph at a time."""
         with torch.inference_mode(False), torch.enable_grad():
             x = image.detach().clone().requires_grad_(True)
             grad = torch.zeros_like(x)
             score = x.new_zeros(x.shape[0])
             for k in range(self.n_views):
-                nll = self.nll(self.view(x, k)) / self.n_views
+                features = self.embed(self.view(x, k))
+                z, logdet = self.latent(features)
+                nll = self.per_image(per_dimension(z, logdet, "nll"), features) / self.n_views
                 (g,) = torch.autograd.grad(nll.sum(), x)
-                grad, score = grad + g, score + nll.detach()
+                view_score = self.per_image(per_dimension(z.detach(), logdet.detach(), self.score), features)
+                grad, score = grad + g, score + view_score / self.n_views
         anomaly_map = gaussian_blur(grad.abs().sum(1, keepdim=True), self.sigma)
         return anomaly_map.detach().clone(), score.clone()
