@@ -117,5 +117,5 @@ def test_a_pretrained_extractor_that_saw_other_real_anomalies_is_refused(synthet
         k = other.pop("k", 2)
         listing = module(synthetic_root, k, **other).few_shot_listing()
         with pytest.raises(FewShotMismatchError, match=r"^model\.pretrained=x was pre-trained on 4 real anomalies "
-                           r"\(capsule/.*\) but this run holds out \d+ other ones, .*few_shot\.json lists them\)\.$"):
+                           r"\(capsule/.*\) but this run holds out \d+ different ones, .*few_shot\.json lists them\)\.$"):
             check_same_few_shot(saved, listing, CATEGORIES, "model.pretrained=x")

@@ -119,9 +119,9 @@ def check_same_few_shot(saved: Sequence[dict[str, Any]], current: Sequence[dict[
         seen = [f"{c}/{d}/{n}" for c, d, n in before]
         raise FewShotMismatchError(
             f"{source} was pre-trained on {len(before)} real anomalies ({', '.join(seen[:3]) or 'none'}"
-            f"{', …' if len(seen) > 3 else ''}) but this run holds out {len(now)} other ones, so the test set "
-            "would differ from the one the extractor never saw; set data.few_shot_anomalies, data.few_shot_seed "
-            "and data.few_shot_mode as in the pre-training run (its few_shot.json lists them)."
+            f"{', …' if len(seen) > 3 else ''}) but this run holds out {len(now)} different ones, so images the "
+            "extractor trained on could be tested; set data.few_shot_anomalies, data.few_shot_seed and "
+            "data.few_shot_mode as in the pre-training run (its few_shot.json lists them)."
         )
 
 
