@@ -49,7 +49,8 @@ def fit_calibrated(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule
         fit(trainer, model, data, resume)
         return
     refit = type(model).refit_after_calibration
-    record_folds(data, data.calibration_folds() if refit else 1, output_dir)
+    if trainer.is_global_zero:
+        record_folds(data, data.calibration_folds() if refit else 1, output_dir)
     if refit:
         if trainer.is_global_zero:  # only rank zero writes checkpoints
             with _same_random_state():  # the run's own fit draws exactly what it drew before
