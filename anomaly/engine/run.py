@@ -264,7 +264,8 @@ def retest(cfg: DictConfig) -> Results:
         datamodule = instantiate(data_cfg, synthesis=None)
         heatmaps = HeatmapWriter(n_images=int(cfg.get("heatmaps", 8)), dirpath=output_dir / "images")
         trainer = build_trainer(cfg, [heatmaps], build_loggers(cfg))
-        header(OmegaConf.create({"model": run.model}), datamodule.setting, datamodule.categories, output_dir)
+        header(OmegaConf.create({"model": run.model, "data": data_cfg}), datamodule.setting, datamodule.categories,
+               output_dir)
         trainer.test(model, datamodule=datamodule, verbose=False)
         testing.add(model.results["test"])
     write_metrics(output_dir / "metrics.json", {"checkpoints": [str(p) for p in checkpoints],
