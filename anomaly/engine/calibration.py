@@ -131,7 +131,7 @@ def normal_statistics(per_category: Normal, global_step: int | None, stage: str 
 
     Without anomalous images there is no F1 curve. The image threshold is the split-conformal quantile
     of ``n`` normal scores at ``false_positives`` = a: the ``ceil((n+1)(1-a))``-th smallest (the highest
-    when ``n < 1/a - 1``), so an unseen normal image of the same distribution scores at or above it with
+    when ``n < 2/a - 1``), so an unseen normal image of the same distribution scores at or above it with
     probability at most a, whatever the scores' distribution; the pixel threshold is the same quantile
     of the map maxima (an unseen normal image gets any pixel outlined with probability at most a).
     ``false_positives=0``: the highest score and map value. The scores are kept (``scores``) for users
