@@ -228,6 +228,9 @@ def workspace(request: pytest.FixtureRequest, synthetic_root: Path, trees: Path,
         before = set(ws.path.glob("**/*"))
         text = f"{first} {' '.join(tiny('anomaly.train', first, ws))}"
         check_outcome(first, text, run_command(text, ws.path), ws, before, ws.path)
+    if ".onnx" in command and not list(ws.runs["run"].glob("checkpoints/**/*.onnx")):
+        export = f"python -m anomaly.export ckpt_path={ws.runs['run']} format=onnx"  # the README's export line
+        check_outcome(export, export, run_command(export, ws.path), ws, set(), ws.path)
     return ws
 
 

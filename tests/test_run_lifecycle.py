@@ -142,3 +142,15 @@ def test_a_run_stopped_by_an_exception_is_marked_failed(synthetic_root: Path, tm
     assert manifest["status"] == "failed" and manifest["error"]["type"] == "KeyboardInterrupt"
     assert manifest["failed"] >= manifest["started"] and "finished" not in manifest
     assert not is_held(run)
+
+
+def test_a_run_made_before_an_option_existed_still_resumes(tmp_path: Path) -> None:
+    """A key only the new config has (an option added by a later version) is no difference; a changed value is."""
+    from anomaly.config.check import ConfigError
+    from anomaly.engine.resume import check_same_run
+
+    old = {"model": {"sigma": 4.0}, "data": {"root": "x"}}
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": old}))
+    check_same_run(tmp_path, {"model": {"sigma": 4.0}, "data": {"root": "x", "few_shot_mode": "images"}})
+    with pytest.raises(ConfigError, match=r"model\.sigma \(4\.0 -> 2\.0\)"):
+        check_same_run(tmp_path, {"model": {"sigma": 2.0}, "data": {"root": "x", "few_shot_mode": "images"}})

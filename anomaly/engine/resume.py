@@ -30,17 +30,20 @@ RESUME_IGNORED = (*IGNORED, "trainer.max_epochs", "trainer.max_steps", "trainer.
 
 
 def differences(old: Any, new: Any, prefix: str = "", ignored: tuple[str, ...] = IGNORED) -> list[str]:
-    """Dotted keys whose values differ between two plain configs (added and removed keys included).
+    """Dotted keys whose values differ between two plain configs (removed keys included).
+
+    A key only ``new`` has is an option a later version of anomaly added: its default keeps what the
+    earlier version did, so a run made before it still resumes (the key is not a difference).
 
     Example:
-        >>> differences({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3}, "d": 0})
-        ['b.c', 'd']
+        >>> differences({"a": 1, "b": {"c": 2}, "e": 0}, {"a": 1, "b": {"c": 3}, "d": 0})
+        ['b.c', 'e']
     """
     if isinstance(old, dict) and isinstance(new, dict):
         found: list[str] = []
         for key in sorted(set(old) | set(new), key=str):
             name = f"{prefix}.{key}" if prefix else str(key)
-            if name in ignored:
+            if name in ignored or key not in old:
                 continue
             found += differences(old.get(key, _MISSING), new.get(key, _MISSING), name, ignored)
         return found
