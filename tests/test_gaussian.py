@@ -183,3 +183,27 @@ def test_degenerate_statistics_are_one_sentence_user_errors() -> None:
     with pytest.raises(DegenerateStatisticsError, match="not fitted") as unfitted:
         PositionalGaussian(2, 3).mahalanobis(torch.randn(1, 2, 3))
     assert user_message(unfitted.value) is not None
+
+
+def test_total_minus_a_fold_gives_the_statistics_of_the_other_samples() -> None:
+    """``complement``: sums of a fold begun about the total's shift, subtracted from the total's, fit the
+    samples outside the fold (the definition: torch.cov of them), without a pass over them."""
+    torch.manual_seed(0)
+    x = torch.randn(40, 5, 8) * 0.5 + 3.0
+    fold = torch.zeros(40, dtype=torch.bool)
+    fold[[1, 7, 8, 20, 21, 33, 39]] = True
+    total = PositionalGaussian(5, 8)
+    for part in torch.split(x, [16, 24]):
+        total.accumulate(part)
+    left = PositionalGaussian(5, 8)
+    left.start(total.shift)
+    for part in torch.split(x[fold], [3, 4]):
+        left.accumulate(part)
+    left.complement(total)
+    left.finalize()
+    torch.testing.assert_close(left.mean, x[~fold].mean(0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(left.precision.double(), reference_precision(x[~fold], 0.01), rtol=1e-4, atol=1e-4)
+    other = PositionalGaussian(5, 8)
+    other.accumulate(x[fold])  # about its own shift: not subtractable
+    with pytest.raises(ValueError, match="start"):
+        other.complement(total)

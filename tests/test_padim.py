@@ -219,3 +219,32 @@ def test_a_backbone_module_is_saved_as_plain_data_once_and_rebuilds_the_model(
         rebuilt = Padim(**model.hparams)
         rebuilt.load_state_dict(model.state_dict())  # Σ⁻¹ is allocated on load
         torch.testing.assert_close(rebuilt(test)[0], model(test)[0])
+
+
+def test_the_cross_fit_from_sums_equals_refitting_a_copy_per_fold(synthetic_root: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """PaDiM's leave-fold-out scores from total − fold sums (no ``Trainer.fit``) are those of a copy refitted
+    without each fold, the generic cross-fit; the run's model is left unfitted, where it was."""
+    import lightning as L
+
+    from anomaly.engine.calibration import cross_fit
+
+    data = AnomalyDataModule(synthetic_root, MVTecLayout(), "capsule", image_size=32, batch_size=8, eval_batch_size=8)
+    model = Padim(SmoothBackbone(), input_size=32, n_features=8, sigma=1.0)
+
+    def trainer() -> L.Trainer:
+        return L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+
+    fits: list[object] = []
+    real_fit = L.Trainer.fit
+    monkeypatch.setattr(L.Trainer, "fit", lambda self, *a, **k: fits.append(a) or real_fit(self, *a, **k))
+    fast = cross_fit(model, data, trainer)["groups"]["capsule"]
+    assert fits == [] and not bool(model.model.gaussian.fitted)
+    monkeypatch.setattr(Padim, "cross_fit_outputs", lambda self, data, trainer: None)
+    refitted = cross_fit(model, data, trainer)["groups"]["capsule"]
+    assert len(fits) == data.calibration_folds() == 5
+    assert fast["images"] == refitted["images"] == 60
+    torch.testing.assert_close(torch.tensor(fast["scores"]), torch.tensor(refitted["scores"]), rtol=1e-4, atol=0)
+    for key in ("image", "pixel", "map_min", "map_max"):
+        assert fast[key] == pytest.approx(refitted[key], rel=1e-4)

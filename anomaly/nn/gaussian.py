@@ -108,6 +108,22 @@ class PositionalGaussian(nn.Module):
                 self.sum_outer[start : start + step] += torch.bmm(xp.transpose(1, 2), xp).to(self.sum_outer.dtype)
 
     @torch.no_grad()
+    def start(self, shift: Tensor) -> None:
+        """Start accumulating about ``shift`` (P×d; another Gaussian's, so that :meth:`complement` can subtract)."""
+        self.reset()
+        self._allocate(shift.to(torch.float64).clone())
+
+    @torch.no_grad()
+    def complement(self, total: PositionalGaussian) -> None:
+        """Turn these sums (of a subset of ``total``'s samples, begun with ``start(total.shift)``) into those of
+        ``total``'s other samples, in place: a leave-subset-out fit costs no pass over the others."""
+        if self.sum_outer.numel() == 0 or total.sum_outer.numel() == 0 or not torch.equal(self.shift, total.shift):
+            raise ValueError("complement needs sums begun with start(total.shift) and a total with sums")
+        torch.sub(total.sum, self.sum, out=self.sum)
+        torch.sub(total.sum_outer, self.sum_outer, out=self.sum_outer)
+        torch.sub(total.count, self.count, out=self.count)
+
+    @torch.no_grad()
     def finalize(self, reduce: bool = False, chunk: int | None = None) -> None:
         """Compute μ and Σ⁻¹ from the sums; ``reduce`` combines them over DDP processes first.
 

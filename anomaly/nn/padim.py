@@ -88,10 +88,15 @@ class PadimModel(nn.Module):
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
         """Anomaly map at input size and image score (map maximum)."""
-        embedding = self.embed(image)
-        with torch.autocast(image.device.type, enabled=False):
-            distance = self.gaussian.mahalanobis(embedding, self.chunk)
-            grid_map = distance.view(image.shape[0], 1, *self.grid).to(float32_or_wider(distance.dtype))
-            anomaly_map = F.interpolate(grid_map, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        return self.score_embedding(self.embed(image))
+
+    def score_embedding(self, embedding: Tensor, gaussian: PositionalGaussian | None = None) -> tuple[Tensor, Tensor]:
+        """Anomaly map at input size and image score of B×P×d ``embedding`` under ``gaussian`` (the model's
+        by default; another: a leave-fold-out fit): Mahalanobis distance, upsampled, blurred, maximum."""
+        gaussian = self.gaussian if gaussian is None else gaussian
+        with torch.autocast(embedding.device.type, enabled=False):
+            distance = gaussian.mahalanobis(embedding, self.chunk)
+            grid_map = distance.view(embedding.shape[0], 1, *self.grid).to(float32_or_wider(distance.dtype))
+            anomaly_map = F.interpolate(grid_map, size=self.input_size, mode="bilinear", align_corners=False)
             anomaly_map = gaussian_blur(anomaly_map, self.sigma)
         return anomaly_map, anomaly_map.flatten(1).amax(1)
