@@ -30,6 +30,16 @@ def one_thread(request: pytest.FixtureRequest):
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def no_hydra_job_left_behind():
+    """A test that set Hydra's job config (to resolve ``${hydra:...}``) leaves none for the next test in the
+    worker: code that asks ``HydraConfig`` whether it runs in a job (the engine's ``_job``) must see the truth."""
+    yield
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().cfg = None
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded synthetic data set at its default size (all categories, 256 px)."""

@@ -355,7 +355,10 @@ def compose_as_printed(command: str, tmp_path: Path) -> None:
         cfg.hydra.runtime.output_dir = str(tmp_path / "out")
         cfg.hydra.runtime.cwd = str(tmp_path)
     HydraConfig.instance().set_config(cfg)  # ${hydra:...} resolves as in a job
-    with open_dict(cfg):
-        del cfg["hydra"]
-    check_targets(cfg)
-    GlobalHydra.instance().clear()
+    try:
+        with open_dict(cfg):
+            del cfg["hydra"]
+        check_targets(cfg)
+    finally:  # no job config left behind for the next test in this process
+        HydraConfig.instance().cfg = None
+        GlobalHydra.instance().clear()
