@@ -234,7 +234,8 @@ def test_a_small_image_is_named_once_per_size(tmp_path: Path, capsys: pytest.Cap
     from anomaly.deploy.preprocess import Preprocess
 
     paths = []
-    for name, side in (("tiny.png", 11), ("tiny2.png", 11), ("big.png", 80)):
+    # 11 px is under half of 64 (named once); 40 px is upscaled less than twice (a preset's choice: not named)
+    for name, side in (("tiny.png", 11), ("tiny2.png", 11), ("mild.png", 40), ("big.png", 80)):
         assert cv2.imwrite(str(tmp_path / name), np.full((side, side, 3), 128, np.uint8))
         paths.append(tmp_path / name)
     preprocess = Preprocess(64, None)
@@ -242,5 +243,5 @@ def test_a_small_image_is_named_once_per_size(tmp_path: Path, capsys: pytest.Cap
     for path in paths:
         assert preprocess(path).shape == (3, 64, 64)
     assert capsys.readouterr().err.splitlines() == [
-        f"warning: {paths[0]} is 11×11 px, smaller than the model's input 64×64: it is upscaled and its score is "
+        f"warning: {paths[0]} is 11×11 px, under half the model's input 64×64: it is upscaled and its score is "
         "less reliable (other 11×11 images are not named)."]

@@ -43,8 +43,8 @@ class Preprocess:
     def rgb(self, image: np.ndarray | str | Path) -> np.ndarray:
         """The uint8 RGB image after the run's geometry (what the model sees, before normalisation).
 
-        An image smaller than ``image_size`` is upscaled: one warning line on stderr names the first file of
-        each such size (``warn_upscaled``).
+        An image is resized to ``image_size``; one upscaled more than twice on a side gets one warning line
+        on stderr naming the first file of each such size (``warn_upscaled``).
         """
         array = read_image(image) if isinstance(image, str | Path) else _as_rgb(image)
         warn_upscaled(image if isinstance(image, str | Path) else "an image array", array.shape[:2], self.image_size)
@@ -71,14 +71,15 @@ _WARNED: set[tuple[tuple[int, int], tuple[int, int]]] = set()
 
 
 def warn_upscaled(name: str | Path, shape: tuple[int, ...], image_size: int | tuple[int, int]) -> None:
-    """One line on stderr when an image is smaller than the model's input size (it is upscaled, and its score
-    is less reliable), once per (image size, input size) so that a folder of such images gives one line."""
+    """One line on stderr when a side of an image is under half the model's input size (upscaled more than
+    twice, its score is less reliable), once per (image size, input size): a folder of such images gives one
+    line. Milder upscaling is a preset's choice (``cdflow_cpu`` reads the 256 px synthetic set at 384 px)."""
     height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     got = (int(shape[0]), int(shape[1]))
-    if (got[0] >= height and got[1] >= width) or (got, (height, width)) in _WARNED:
+    if (2 * got[0] >= height and 2 * got[1] >= width) or (got, (height, width)) in _WARNED:
         return
     _WARNED.add((got, (height, width)))
-    print(f"warning: {name} is {got[1]}×{got[0]} px, smaller than the model's input {width}×{height}: it is "
+    print(f"warning: {name} is {got[1]}×{got[0]} px, under half the model's input {width}×{height}: it is "
           f"upscaled and its score is less reliable (other {got[1]}×{got[0]} images are not named).", file=sys.stderr)
 
 
