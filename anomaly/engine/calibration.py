@@ -83,19 +83,15 @@ def cross_fit(model: AnomalyModule, data: Any, trainer: Callable[[], L.Trainer])
     if fast is not None:
         for batch, output in fast:
             add_outputs(per, batch["category"], output)
-        return {**normal_statistics(per, None), "refit": True}
-    for fold in range(data.calibration_folds()):
-        held_out = data.without_calibration_fold(fold)
-        if not held_out.calibration_fold(fold):
-            continue
-        copied = copy.deepcopy(model)
-        fitter = trainer()
-        fitter.fit(copied, datamodule=held_out)
-        for category, found in score_fold(copied, held_out, fitter.strategy.root_device).items():
-            mine = per.setdefault(category, {"scores": [], "map_max": [], "map_min": math.inf})
-            mine["scores"] += found["scores"]
-            mine["map_max"] += found["map_max"]
-            mine["map_min"] = min(mine["map_min"], found["map_min"])
+    else:
+        for fold in range(data.calibration_folds()):
+            held_out = data.without_calibration_fold(fold)
+            if not held_out.calibration_fold(fold):
+                continue
+            copied = copy.deepcopy(model)
+            fitter = trainer()
+            fitter.fit(copied, datamodule=held_out)
+            score_fold(copied, held_out, fitter.strategy.root_device, per)
     return {**normal_statistics(per, None), "refit": True}
 
 
@@ -108,19 +104,21 @@ def add_outputs(per: Normal, categories: list[str], output: AnomalyOutput) -> No
         mine["map_min"] = min(mine["map_min"], float(output.anomaly_map[i].min()))
 
 
-def score_fold(model: AnomalyModule, held_out: Any, device: torch.device) -> Normal:
+def score_fold(model: AnomalyModule, held_out: Any, device: torch.device, per: Normal | None = None) -> Normal:
     """:func:`score_normal` of the fold ``held_out`` leaves out of training."""
-    return score_normal(model, held_out.calibration_dataloader(), held_out.normal_train_dataloader(), device)
+    return score_normal(model, held_out.calibration_dataloader(), held_out.normal_train_dataloader(), device, per)
 
 
-def score_normal(model: AnomalyModule, images: Iterable[Any], fitted: Iterable[Any], device: torch.device) -> Normal:
-    """Scores, map maxima and the lowest map value of ``model`` on the batches ``images``, per category (its
-    per-pixel calibration, if any, fitted on ``fitted``, the images it was trained on, then dropped)."""
+def score_normal(model: AnomalyModule, images: Iterable[Any], fitted: Iterable[Any], device: torch.device,
+                 per: Normal | None = None) -> Normal:
+    """Scores, map maxima and the lowest map value of ``model`` on the batches ``images``, per category, added
+    to ``per`` (a new one by default); its per-pixel calibration, if any, fitted on ``fitted`` (the images it
+    was trained on), then dropped."""
     model.to(device)
     if model.calibration is not None:
         model.fit_calibration(fitted)
     model.eval()
-    per: Normal = {}
+    per = {} if per is None else per
     with torch.inference_mode():
         for batch in images:
             add_outputs(per, batch["category"], model.evaluate_batch(move_data_to_device(batch, device)))
